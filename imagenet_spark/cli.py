@@ -1,0 +1,135 @@
+"""``imagenet-spark`` console command (also ``python -m imagenet_spark``). Each subcommand is a thin
+wrapper: parse flags → resolve the typed config once → one library call. ``jobs/*.py`` reuse these parsers,
+so ``spark-submit jobs/partition.py`` and ``imagenet-spark partition`` take exactly the same flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Callable, Sequence
+
+from imagenet_spark import logs
+from imagenet_spark.config import ConfigError, PartitionConfig, resolve
+from imagenet_spark.errors import ImagenetSparkError
+
+log = logging.getLogger("imagenet_spark")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML preset (conf/...); later flags override it")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any setting, e.g. --set quality=85 (repeatable)")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+
+
+def partition_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(
+        prog="jobs/partition.py", description="Raw ImageNet (any layout) → Petastorm Parquet partitioned by synset.")
+    parser.add_argument("--input", help="dataset root (path or URI: file:, hdfs:, s3a:, dbfs:)")
+    parser.add_argument("--output", help="output dataset directory (path or URI)")
+    parser.add_argument("--layout", choices=["auto", "ilsvrc", "tar", "kaggle", "folders", "csv"])
+    parser.add_argument("--resize-short", dest="resize_short", type=lambda v: None if v == "none" else int(v),
+                        help="short side after resize (default 256; 'none' keeps the original)")
+    parser.add_argument("--quality", type=int, help="JPEG quality (default 90)")
+    parser.add_argument("--overwrite", action="store_true", default=None, help="replace an existing dataset")
+    parser.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run")
+    parser.add_argument("--dry-run", dest="dry_run", action="store_true", default=None,
+                        help="list what would be read and estimate the output size; write nothing")
+    parser.add_argument("--tfrecord", action="store_true", default=None,
+                        help="also write TFRecord shards in the Cloud TPU (imagenet_to_gcs) format")
+    parser.add_argument("--master", default="local[*]",
+                        help="Spark master when not launched by spark-submit (default local[*])")
+    _common(parser)
+    return parser
+
+
+_PARTITION_FLAGS = ("input", "output", "layout", "resize_short", "quality", "overwrite", "resume", "dry_run",
+                    "tfrecord")
+
+
+def _explicit(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def run_partition_cli(args: argparse.Namespace) -> int:
+    from imagenet_spark.data.partition import run_partition
+    from imagenet_spark.spark.session import build_session, ship_package
+
+    cfg = resolve(PartitionConfig, preset=args.config, overrides=args.overrides,
+                  explicit=_explicit(args, _PARTITION_FLAGS))
+    spark = build_session("imagenet-spark partition", master=args.master)
+    ship_package(spark)
+    result = run_partition(spark, cfg)
+    summary = {k: result[k] for k in ("totals", "split_sizes", "row_groups", "rejects_by_reason",
+                                      "conversion_counts", "bytes", "wall_time_s", "images_per_s") if k in result}
+    if cfg.dry_run:
+        summary = result
+    log.info("summary: %s", json.dumps(summary))
+    return 0
+
+
+def fake_data_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--output", required=True, help="folder to write")
+    parser.add_argument("--layout", default="ilsvrc", choices=["ilsvrc", "tar", "folders", "folders-flat"])
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--train-per-class", type=int, default=20)
+    parser.add_argument("--val-per-class", type=int, default=5)
+    parser.add_argument("--size", default="64x48", help="WIDTHxHEIGHT (default 64x48)")
+    parser.add_argument("--realistic", action="store_true", help="photo-like ~500x375, ~110 KB JPEGs")
+    parser.add_argument("--quirks", action="store_true", help="add CMYK, PNG-named-.JPEG, grayscale, palette, alpha")
+    parser.add_argument("--broken", action="store_true", help="add empty, truncated, non-image, unknown-class files")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-level", default=None)
+    return parser
+
+
+def run_fake_data_cli(args: argparse.Namespace) -> int:
+    from imagenet_spark.data.fake import FakeSpec, write
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise ConfigError("--size", args.size, "expected WIDTHxHEIGHT.", "write for example --size 64x48.") from None
+    spec_args: dict[str, Any] = dict(num_classes=args.classes, train_per_class=args.train_per_class,
+                                     val_per_class=args.val_per_class, realistic=args.realistic, quirks=args.quirks,
+                                     broken=args.broken, seed=args.seed)
+    if not args.realistic or args.size != "64x48":
+        spec_args["image_size"] = (width, height)
+    summary = write(args.output, FakeSpec(**spec_args), layout=args.layout)
+    log.info("wrote %d files in %d classes to %s", summary.total_files, len(summary.classes), summary.root)
+    return 0
+
+
+_COMMANDS: dict[str, tuple[str, Callable[..., argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
+    "partition": ("raw images → Petastorm Parquet (same flags as jobs/partition.py)", partition_parser,
+                  run_partition_cli),
+    "fake-data": ("write a synthetic, learnable ImageNet-layout tree", fake_data_parser, run_fake_data_cli),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="imagenet-spark", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, build, _) in _COMMANDS.items():
+        build(sub.add_parser(name, help=help_text, description=help_text))
+    args = parser.parse_args(argv)
+    return run_command(args.command, args)
+
+
+def run_command(name: str, args: argparse.Namespace) -> int:
+    """Run one subcommand with logging configured and user errors turned into one clear line + exit 2."""
+    logs.configure(args.log_level)
+    try:
+        return _COMMANDS[name][2](args)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    except ImagenetSparkError as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Typed configuration: frozen dataclasses, YAML presets and dotted ``--set key=value`` overrides.
+
+Why one mechanism: every job resolves its configuration exactly once, on the driver, from (in order)
+the dataclass defaults, a YAML preset (which may itself derive from another preset via ``base:``),
+dotted overrides and explicit command-line flags. The result is frozen and validated before any
+Spark work starts, and crosses to executors as a plain dict (``to_dict``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence, TypeVar
+
+import yaml
+
+from imagenet_spark.errors import ImagenetSparkError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ConfigError(ImagenetSparkError, ValueError):
+    """A setting has a value we cannot run with. The message names the setting, the value and the fix."""
+
+    def __init__(self, setting: str, value: Any, problem: str, fix: str = "") -> None:
+        self.setting = setting
+        self.value = value
+        message = f"{setting}={value!r}: {problem}"
+        if fix:
+            message += f" Fix: {fix}"
+        super().__init__(message)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    """Return (inner type, allows None) for ``X | None`` / ``Optional[X]``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(setting: str, tp: Any, value: Any) -> Any:
+    """Convert a YAML/override value to the annotated type, or raise ConfigError naming the setting."""
+    inner, optional = _strip_optional(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if optional:
+            return None
+        raise ConfigError(setting, value, "this setting cannot be empty.")
+    if dataclasses.is_dataclass(inner):
+        if isinstance(value, inner):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(setting, value, f"expected a mapping of {inner.__name__} settings.")
+        return _build(inner, value, prefix=f"{setting}.")
+    origin = typing.get_origin(inner)
+    if origin in (tuple, list):
+        (item_tp, *_rest) = typing.get_args(inner) or (Any,)
+        if isinstance(value, str):
+            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(setting, value, "expected a list.")
+        return tuple(_coerce(f"{setting}[{i}]", item_tp, v) for i, v in enumerate(value))
+    if origin is typing.Literal:
+        allowed = typing.get_args(inner)
+        if value not in allowed:
+            raise ConfigError(setting, value, f"must be one of {', '.join(map(str, allowed))}.")
+        return value
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(setting, value, "expected true or false.")
+    if inner is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(setting, value, "expected an integer.")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(setting, value, "expected an integer.") from None
+    if inner is float:
+        if isinstance(value, bool):
+            raise ConfigError(setting, value, "expected a number.")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(setting, value, "expected a number.") from None
+    if inner is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(setting, value, "expected a string.")
+        return str(value)
+    return value
+
+
+def _build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            prefix + unknown[0],
+            values[unknown[0]],
+            "unknown setting.",
+            f"valid settings here are: {', '.join(sorted(names))}.",
+        )
+    kwargs = {k: _coerce(prefix + k, hints[k], v) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_preset(path: str | Path) -> dict[str, Any]:
+    """Read a YAML preset, following ``base:`` (relative to the preset) so presets derive from others."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--config", str(path), "no such preset file.", "pass a path to a YAML file under conf/.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError("--config", str(path), f"not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("--config", str(path), "a preset must be a YAML mapping of settings.")
+    base = data.pop("base", None)
+    if base:
+        return _merge(read_preset(path.parent / base), data)
+    return data
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["optim.lr=0.1", "epochs=3"]`` into a nested dict; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--set", item, "expected key=value.", "write for example --set quality=85.")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError("--set", item, f"{part} is set both as a value and as a section.")
+        node[parts[-1]] = value
+    return out
+
+
+def resolve(
+    cls: type[T],
+    *,
+    preset: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    explicit: Mapping[str, Any] | None = None,
+) -> T:
+    """Defaults < preset < --set overrides < explicit flags; returns the validated, frozen config."""
+    values: dict[str, Any] = {}
+    if preset:
+        values = read_preset(preset)
+    values = _merge(values, parse_overrides(overrides))
+    values = _merge(values, {k: v for k, v in (explicit or {}).items() if v is not None})
+    config = _build(cls, values)
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        validate()
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain, picklable dict of a config: what crosses the driver→executor boundary."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
+    """Rebuild a config from ``to_dict`` output (on an executor)."""
+    return _build(cls, values)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PartitionConfig:
+    """Settings of the partition job (``jobs/partition.py``). See conf/partition/ for presets."""
+
+    input: str = ""
+    output: str = ""
+    # auto | ilsvrc | tar | kaggle | folders | csv
+    layout: str = "auto"
+    # Resize so the short side is this many pixels (never upscale); None keeps the original size.
+    resize_short: typing.Optional[int] = 256
+    quality: int = 90
+    # Images with more pixels than this are quarantined (decompression-bomb guard).
+    max_pixels: int = 89_478_485
+    # The job fails (and publishes nothing) when more than this fraction of inputs is rejected.
+    max_reject_fraction: float = 0.01
+    # Images per Spark task; one Parquet file per task. Bounds executor memory and the work lost on a retry.
+    images_per_task: int = 256
+    # Rows per Parquet row group: the unit petastorm shards by (row group i goes to worker i mod N).
+    rows_per_row_group: int = 64
+    # Optional files overriding what the layout finds: label order, validation labels.
+    labels_file: typing.Optional[str] = None
+    val_labels: typing.Optional[str] = None
+    overwrite: bool = False
+    resume: bool = False
+    dry_run: bool = False
+    tfrecord: bool = False
+    tfrecord_train_shards: int = 1024
+    tfrecord_validation_shards: int = 128
+    # Spark parallelism for listing/processing; None lets Spark decide from the cluster's default parallelism.
+    num_partitions: typing.Optional[int] = None
+
+    def validate(self) -> None:
+        if not self.input:
+            raise ConfigError("input", self.input, "no input given.", "pass --input DIR (or a URI).")
+        if not self.output and not self.dry_run:
+            raise ConfigError("output", self.output, "no output given.", "pass --output DIR (or a URI).")
+        layouts = ("auto", "ilsvrc", "tar", "kaggle", "folders", "csv")
+        if self.layout not in layouts:
+            raise ConfigError("layout", self.layout, f"unknown layout; known: {', '.join(layouts)}.")
+        if self.resize_short is not None and not 8 <= self.resize_short <= 4096:
+            raise ConfigError("resize_short", self.resize_short, "must be between 8 and 4096, or none.")
+        if not 1 <= self.quality <= 100:
+            raise ConfigError("quality", self.quality, "JPEG quality must be between 1 and 100.")
+        if self.max_pixels < 1:
+            raise ConfigError("max_pixels", self.max_pixels, "must be positive.")
+        if not 0.0 <= self.max_reject_fraction <= 1.0:
+            raise ConfigError("max_reject_fraction", self.max_reject_fraction, "must be between 0 and 1.")
+        if self.images_per_task < 1:
+            raise ConfigError("images_per_task", self.images_per_task, "must be at least 1.")
+        if not 1 <= self.rows_per_row_group <= self.images_per_task:
+            raise ConfigError(
+                "rows_per_row_group",
+                self.rows_per_row_group,
+                f"must be between 1 and images_per_task ({self.images_per_task}).",
+            )
+        if self.overwrite and self.resume:
+            raise ConfigError("resume", self.resume, "--resume and --overwrite contradict each other.", "pick one.")
+        for name in ("tfrecord_train_shards", "tfrecord_validation_shards"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, getattr(self, name), "must be at least 1.")
+        if self.num_partitions is not None and self.num_partitions < 1:
+            raise ConfigError("num_partitions", self.num_partitions, "must be at least 1.")

@@ -1,0 +1,451 @@
+"""Discover the inputs of the partition job: ImageNet in each of the shapes it really comes in.
+
+Runs on the driver and only lists (plus reads small label files and tar headers); it never decodes an
+image and never imports Spark. The result is a :class:`Listing`: every input file as an :class:`Item`
+(or, for per-class archives, an :class:`Archive` that executors expand), the label order, and the files
+deliberately skipped, each with a reason. Items already known to be unusable (a class outside the label
+set, a validation labels file whose length does not match) carry a ``reject`` reason so the job still
+accounts for them, bytes included.
+
+Layouts:
+
+``ilsvrc``   ``train/<wnid>/*.JPEG``, flat ``validation/*.JPEG`` + ``synset_labels.txt`` (Cloud TPU guide).
+``tar``      ``ILSVRC2012_img_train.tar`` (one ``<wnid>.tar`` per class inside) and/or
+             ``ILSVRC2012_img_val.tar``, read in place; or a folder of ``<wnid>.tar`` files.
+``kaggle``   ``ILSVRC/Data/CLS-LOC/{train,val}``, ``LOC_val_solution.csv``, ``LOC_synset_mapping.txt``.
+``folders``  ``<class>/*`` or ``train/<class>/*`` + ``validation/<class>/*`` (or ``val/``), any class names.
+``csv``      ``train.csv`` / ``validation.csv`` (or ``val.csv``) of ``path,label``, optional ``labels.txt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import posixpath
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from imagenet_spark.data import fs
+from imagenet_spark.errors import ImagenetSparkError
+from imagenet_spark.data.images import LABELS_MISMATCH, UNKNOWN_CLASS
+from imagenet_spark.data.synsets import human_name, is_wnid
+
+log = logging.getLogger(__name__)
+
+TRAIN = "train"
+VALIDATION = "validation"
+SPLITS = (TRAIN, VALIDATION)
+_VAL_DIRS = ("validation", "val")
+TRAIN_TAR = "ILSVRC2012_img_train.tar"
+VAL_TAR = "ILSVRC2012_img_val.tar"
+LAYOUTS = ("ilsvrc", "tar", "kaggle", "folders", "csv")
+
+
+class LayoutError(ImagenetSparkError, ValueError):
+    """The input cannot be read as the layout asked for (or as any layout). Names the path and the fix."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input image. ``offset``/``size`` locate it inside an uncompressed archive at ``uri``."""
+
+    uri: str
+    split: str
+    synset: str
+    filename: str
+    size: int = -1
+    offset: int = -1
+    reject: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A tar of one class's images (ILSVRC2012's ``<wnid>.tar``), expanded member by member on an executor."""
+
+    uri: str
+    split: str
+    synset: str
+    filename: str
+    size: int
+    offset: int = -1
+
+
+@dataclass(frozen=True)
+class Listing:
+    layout: str
+    root: str
+    classes: tuple[str, ...]
+    names: dict[str, str]
+    items: tuple[Item, ...]
+    archives: tuple[Archive, ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def label_of(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per split and class as listed (archives count as -1 until expanded)."""
+        out: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
+        for item in self.items:
+            out[item.split][item.synset if not item.reject else f"<{item.reject}>"] += 1
+        return {s: dict(sorted(c.items())) for s, c in out.items() if c}
+
+    def input_bytes(self) -> int:
+        return sum(max(i.size, 0) for i in self.items) + sum(a.size for a in self.archives)
+
+
+def _hidden(relpath: str) -> bool:
+    return any(part.startswith(".") or part.startswith("_") for part in relpath.split("/"))
+
+
+def _read_lines(uri: str) -> list[str]:
+    return [line.strip() for line in fs.read_text(uri).splitlines() if line.strip()]
+
+
+def _class_tree(root: str, split: str, skipped: list[tuple[str, str]], prefix: str) -> list[Item]:
+    """``root/<class>/**`` → items; files directly in ``root`` are skipped (they belong to no class)."""
+    items = []
+    for entry in fs.list_files(root):
+        rel = entry.relpath
+        if _hidden(rel):
+            skipped.append((posixpath.join(prefix, rel), "hidden or system file"))
+            continue
+        if "/" not in rel:
+            skipped.append((posixpath.join(prefix, rel), f"not inside a class folder of {split}/"))
+            continue
+        synset = rel.split("/", 1)[0]
+        items.append(Item(entry.uri, split, synset, posixpath.join(prefix, rel), entry.size))
+    return items
+
+
+def _flat_validation(root: str, labels: list[str] | None, labels_name: str, skipped: list[tuple[str, str]],
+                     prefix: str) -> list[Item]:
+    """Flat validation folder labelled by a list of synsets in sorted file-name order."""
+    files = []
+    for entry in fs.list_files(root):
+        if _hidden(entry.relpath):
+            skipped.append((posixpath.join(prefix, entry.relpath), "hidden or system file"))
+        elif entry.relpath == "synset_labels.txt":
+            skipped.append((posixpath.join(prefix, entry.relpath), "validation labels file"))
+        else:
+            files.append(entry)
+    if labels is None:
+        return [
+            Item(e.uri, VALIDATION, "", posixpath.join(prefix, e.relpath), e.size, reject=LABELS_MISMATCH,
+                 detail=f"no validation labels file ({labels_name}) found")
+            for e in files
+        ]
+    if len(labels) != len(files):
+        detail = (f"{labels_name} has {len(labels)} labels for {len(files)} validation files; "
+                  "cannot pair them by sorted file name")
+        log.warning("%s", detail)
+        return [
+            Item(e.uri, VALIDATION, "", posixpath.join(prefix, e.relpath), e.size, reject=LABELS_MISMATCH,
+                 detail=detail)
+            for e in files
+        ]
+    return [Item(e.uri, VALIDATION, lab, posixpath.join(prefix, e.relpath), e.size) for e, lab in zip(files, labels)]
+
+
+def _find_first(root: str, names: tuple[str, ...]) -> str | None:
+    for name in names:
+        uri = fs.join(root, name)
+        if fs.exists(uri):
+            return uri
+    return None
+
+
+def _apply_classes(items: list[Item], classes: tuple[str, ...], why: str) -> list[Item]:
+    """Mark items whose class is outside ``classes`` as unknown_class rejects."""
+    known = set(classes)
+    out = []
+    for item in items:
+        if not item.reject and item.synset not in known:
+            item = replace(item, reject=UNKNOWN_CLASS, detail=f"class {item.synset!r} {why}")
+        out.append(item)
+    return out
+
+
+def _labels_order(labels_file: str | None) -> tuple[str, ...] | None:
+    """Label order from a labels file: one class per line, optionally ``index<TAB>class[<TAB>name]``."""
+    if not labels_file:
+        return None
+    if not fs.is_file(labels_file):
+        raise LayoutError(f"labels_file={labels_file!r}: no such file. Fix: pass an existing labels file or drop it.")
+    classes: list[str] = []
+    for n, line in enumerate(_read_lines(labels_file), 1):
+        parts = line.split("\t")
+        cls = parts[1] if len(parts) >= 2 and parts[0].isdigit() else parts[0]
+        if cls in classes:
+            raise LayoutError(f"{labels_file}:{n}: class {cls!r} is listed twice. Fix: each class once.")
+        classes.append(cls)
+    if not classes:
+        raise LayoutError(f"labels_file={labels_file!r} is empty.")
+    return tuple(classes)
+
+
+def _finish(layout: str, root: str, items: list[Item], archives: list[Archive], skipped: list[tuple[str, str]],
+            names: dict[str, str] | None, labels_file: str | None, wnid_only: bool) -> Listing:
+    fixed = _labels_order(labels_file)
+    if fixed is not None:
+        classes = fixed
+        why = f"is not in labels_file {labels_file}"
+    else:
+        train_classes = {i.synset for i in items if i.split == TRAIN and not i.reject}
+        train_classes |= {a.synset for a in archives if a.split == TRAIN}
+        if not train_classes:  # validation-only input: its labels define the classes
+            train_classes = {i.synset for i in items if not i.reject}
+        if wnid_only:
+            train_classes = {c for c in train_classes if is_wnid(c)}
+        classes = tuple(sorted(train_classes))
+        why = "is not a WordNet id of the training set" if wnid_only else "has no training folder"
+    items = _apply_classes(items, classes, why)
+    known = set(classes)
+    bad_archives = [a for a in archives if a.synset not in known]
+    for a in bad_archives:
+        items.append(Item(a.uri, a.split, a.synset, a.filename, a.size, a.offset, UNKNOWN_CLASS,
+                          f"archive of class {a.synset!r} {why}"))
+    archives = [a for a in archives if a.synset in known]
+    if not items and not archives:
+        raise LayoutError(f"input={root!r}: no image files found for layout {layout!r}. "
+                          "Fix: point --input at the dataset root, or name the layout with --layout.")
+    if not classes:
+        raise LayoutError(f"input={root!r}: found files but no usable class for layout {layout!r}. "
+                          "Fix: check the folder names / labels, or name the layout with --layout.")
+    all_names = {c: human_name(c, names) for c in classes}
+    return Listing(layout, root, classes, all_names, tuple(items), tuple(archives), tuple(skipped))
+
+
+def list_ilsvrc(root: str, val_labels: str | None = None, labels_file: str | None = None) -> Listing:
+    skipped: list[tuple[str, str]] = []
+    items: list[Item] = []
+    train = fs.join(root, "train")
+    if fs.is_dir(train):
+        items += _class_tree(train, TRAIN, skipped, "train")
+    val_dir = next((fs.join(root, d) for d in _VAL_DIRS if fs.is_dir(fs.join(root, d))), None)
+    if val_dir:
+        labels_uri = val_labels or _find_first(root, ("synset_labels.txt", "validation/synset_labels.txt"))
+        labels = _read_lines(labels_uri) if labels_uri else None
+        prefix = posixpath.basename(val_dir)
+        items += _flat_validation(val_dir, labels, labels_uri or "synset_labels.txt", skipped, prefix)
+    return _finish("ilsvrc", root, items, [], skipped, None, labels_file, wnid_only=True)
+
+
+def _tar_members(uri: str) -> list[tarfile.TarInfo]:
+    """Headers of an uncompressed tar, read by seeking over member data (cheap even for 140 GB)."""
+    with fs.open_input(uri) as f:
+        try:
+            with tarfile.open(fileobj=f, mode="r:") as tar:
+                return [m for m in tar.getmembers() if m.isfile()]
+        except tarfile.TarError as exc:
+            raise LayoutError(f"{uri}: not a readable uncompressed tar archive ({exc}).") from None
+
+
+def list_tar(root: str, val_labels: str | None = None, labels_file: str | None = None) -> Listing:
+    skipped: list[tuple[str, str]] = []
+    items: list[Item] = []
+    archives: list[Archive] = []
+    train_tar = fs.join(root, TRAIN_TAR)
+    if fs.is_file(train_tar):
+        for m in _tar_members(train_tar):
+            name = posixpath.basename(m.name)
+            synset = name[:-4] if name.endswith(".tar") else ""
+            if not synset:
+                items.append(Item(train_tar, TRAIN, "", f"{TRAIN_TAR}/{m.name}", m.size, m.offset_data,
+                                  UNKNOWN_CLASS, "member is not a per-class .tar"))
+                continue
+            archives.append(Archive(train_tar, TRAIN, synset, f"{TRAIN_TAR}/{m.name}", m.size, m.offset_data))
+    else:  # the outer archive already unpacked: a folder of <wnid>.tar files
+        folder = fs.join(root, "train") if fs.is_dir(fs.join(root, "train")) else root
+        for entry in fs.list_dir(folder):
+            if entry.size >= 0 and entry.relpath.endswith(".tar") and entry.relpath != VAL_TAR:
+                archives.append(Archive(entry.uri, TRAIN, entry.relpath[:-4], entry.relpath, entry.size))
+    val_tar = fs.join(root, VAL_TAR)
+    if fs.is_file(val_tar):
+        members = sorted(_tar_members(val_tar), key=lambda m: m.name)
+        labels_uri = val_labels or _find_first(root, ("synset_labels.txt",))
+        labels = _read_lines(labels_uri) if labels_uri else None
+        detail = ""
+        if labels is None:
+            detail = "no validation labels file (synset_labels.txt) beside the archive"
+        elif len(labels) != len(members):
+            detail = f"{labels_uri} has {len(labels)} labels for {len(members)} validation files"
+        for n, m in enumerate(members):
+            fname = f"{VAL_TAR}/{m.name}"
+            if detail:
+                items.append(Item(val_tar, VALIDATION, "", fname, m.size, m.offset_data, LABELS_MISMATCH, detail))
+            else:
+                items.append(Item(val_tar, VALIDATION, labels[n], fname, m.size, m.offset_data))  # type: ignore[index]
+    if not archives and not items:
+        raise LayoutError(f"input={root!r}: no {TRAIN_TAR}, {VAL_TAR} or <wnid>.tar files found.")
+    return _finish("tar", root, items, archives, skipped, None, labels_file, wnid_only=True)
+
+
+def list_kaggle(root: str, val_labels: str | None = None, labels_file: str | None = None) -> Listing:
+    skipped: list[tuple[str, str]] = []
+    items: list[Item] = []
+    base = fs.join(root, "ILSVRC/Data/CLS-LOC")
+    if not fs.is_dir(base):
+        raise LayoutError(f"input={root!r}: no ILSVRC/Data/CLS-LOC folder (Kaggle layout).")
+    names: dict[str, str] = {}
+    mapping = fs.join(root, "LOC_synset_mapping.txt")
+    if fs.is_file(mapping):
+        for line in _read_lines(mapping):
+            wnid, _, name = line.partition(" ")
+            names[wnid] = name.strip()
+    if fs.is_dir(fs.join(base, "train")):
+        items += _class_tree(fs.join(base, "train"), TRAIN, skipped, "ILSVRC/Data/CLS-LOC/train")
+    val_dir = fs.join(base, "val")
+    if fs.is_dir(val_dir):
+        solution = val_labels or fs.join(root, "LOC_val_solution.csv")
+        by_id: dict[str, str] = {}
+        if fs.is_file(solution):
+            reader = csv.reader(io.StringIO(fs.read_text(solution)))
+            for n, row in enumerate(reader, 1):
+                if n == 1 and row and row[0] == "ImageId":
+                    continue
+                if len(row) >= 2 and row[1].split():
+                    by_id[row[0]] = row[1].split()[0]
+        for entry in fs.list_files(val_dir):
+            fname = f"ILSVRC/Data/CLS-LOC/val/{entry.relpath}"
+            if _hidden(entry.relpath):
+                skipped.append((fname, "hidden or system file"))
+                continue
+            image_id = posixpath.splitext(posixpath.basename(entry.relpath))[0]
+            synset = by_id.get(image_id, "")
+            if synset:
+                items.append(Item(entry.uri, VALIDATION, synset, fname, entry.size))
+            else:
+                items.append(Item(entry.uri, VALIDATION, "", fname, entry.size, reject=LABELS_MISMATCH,
+                                  detail=f"{image_id} has no row in {solution}"))
+    if fs.is_dir(fs.join(base, "test")):
+        skipped.append(("ILSVRC/Data/CLS-LOC/test/", "test split has no labels"))
+    return _finish("kaggle", root, items, [], skipped, names, labels_file, wnid_only=False)
+
+
+def list_folders(root: str, val_labels: str | None = None, labels_file: str | None = None) -> Listing:
+    skipped: list[tuple[str, str]] = []
+    items: list[Item] = []
+    train = fs.join(root, "train")
+    val_dir = next((fs.join(root, d) for d in _VAL_DIRS if fs.is_dir(fs.join(root, d))), None)
+    if fs.is_dir(train) or val_dir:
+        if fs.is_dir(train):
+            items += _class_tree(train, TRAIN, skipped, "train")
+        if val_dir:
+            items += _class_tree(val_dir, VALIDATION, skipped, posixpath.basename(val_dir))
+    else:
+        items += _class_tree(root, TRAIN, skipped, "")
+    return _finish("folders", root, items, [], skipped, None, labels_file, wnid_only=False)
+
+
+def _read_csv(uri: str, split: str, base: str) -> list[Item]:
+    text = fs.read_text(uri)
+    seen: dict[str, tuple[str, int]] = {}
+    items: list[Item] = []
+    for n, row in enumerate(csv.reader(io.StringIO(text)), 1):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if n == 1 and [c.strip().lower() for c in row[:2]] in (["path", "label"], ["filename", "label"],
+                                                                 ["file", "label"], ["image", "label"]):
+            continue
+        if len(row) < 2:
+            raise LayoutError(f"{uri}:{n}: expected 'path,label', got {row!r}.")
+        path, label = row[0].strip(), row[1].strip()
+        if path in seen:
+            if seen[path][0] != label:
+                raise LayoutError(f"{uri}:{n}: {path!r} is labelled {label!r} here but {seen[path][0]!r} on line "
+                                  f"{seen[path][1]}: conflicting labels. Fix: keep one label per path.")
+            continue
+        seen[path] = (label, n)
+        full = path if ("://" in path or path.startswith("/")) else fs.join(base, path)
+        size = -1
+        items.append(Item(full, split, label, path, size))
+    return items
+
+
+def list_csv(root: str, val_labels: str | None = None, labels_file: str | None = None) -> Listing:
+    skipped: list[tuple[str, str]] = []
+    items: list[Item] = []
+    if fs.is_file(root):  # a single CSV: all training
+        base = posixpath.dirname(fs.normalize(root))
+        items += _read_csv(root, TRAIN, base)
+        root = base
+    else:
+        for split, names in ((TRAIN, ("train.csv",)), (VALIDATION, ("validation.csv", "val.csv"))):
+            uri = _find_first(root, names)
+            if uri:
+                items += _read_csv(uri, split, root)
+    if labels_file is None:
+        labels_file = _find_first(root, ("labels.txt",))
+    missing = []
+    sized = []
+    for item in items:
+        if not fs.is_file(item.uri):
+            missing.append(item)
+        else:
+            sized.append(item)
+    # Files named in the CSV but absent are rejects (read_error) so they are accounted for, not fatal.
+    items = sized + [replace(m, reject="read_error", detail="listed in the CSV but no such file") for m in missing]
+    return _finish("csv", root, items, [], skipped, None, labels_file, wnid_only=False)
+
+
+def detect(root: str) -> str:
+    """Guess the layout of ``root`` from the names at its top; explained in the module docstring."""
+    if not fs.exists(root):
+        raise LayoutError(f"input={root!r}: no such file or directory. Fix: check the path (executors must see it too).")
+    if fs.is_file(root):
+        if root.endswith(".csv"):
+            return "csv"
+        raise LayoutError(f"input={root!r} is a file; expected a dataset folder or a CSV of path,label.")
+    top = {e.relpath for e in fs.list_dir(root)}
+    if not top:
+        raise LayoutError(f"input={root!r} is an empty folder. Fix: point --input at the dataset root.")
+    if TRAIN_TAR in top or VAL_TAR in top:
+        return "tar"
+    if "ILSVRC" in top or "LOC_synset_mapping.txt" in top:
+        return "kaggle"
+    if {"train.csv", "validation.csv", "val.csv"} & top:
+        return "csv"
+    if "train" in top:
+        train_top = [e for e in fs.list_dir(fs.join(root, "train")) if not _hidden(e.relpath)]
+        if train_top and all(e.relpath.endswith(".tar") for e in train_top):
+            return "tar"
+        val_flat = any(
+            d in top and any(e.size >= 0 and not _hidden(e.relpath) for e in fs.list_dir(fs.join(root, d)))
+            for d in _VAL_DIRS
+        )
+        if "synset_labels.txt" in top or (val_flat and all(is_wnid(e.relpath) for e in train_top)):
+            return "ilsvrc"
+        return "folders"
+    entries = [e for e in fs.list_dir(root) if not _hidden(e.relpath)]
+    if entries and all(e.relpath.endswith(".tar") for e in entries):
+        return "tar"
+    return "folders"
+
+
+_LISTERS = {
+    "ilsvrc": list_ilsvrc,
+    "tar": list_tar,
+    "kaggle": list_kaggle,
+    "folders": list_folders,
+    "csv": list_csv,
+}
+
+
+def discover(root: str, *, layout: str = "auto", val_labels: str | None = None,
+             labels_file: str | None = None) -> Listing:
+    """List every input under ``root``; ``layout='auto'`` detects it (and logs what it chose)."""
+    if layout == "auto":
+        layout = detect(root)
+        log.info("input %s: detected layout %r", root, layout)
+    elif not fs.exists(root):
+        raise LayoutError(f"input={root!r}: no such file or directory.")
+    if layout not in _LISTERS:
+        raise LayoutError(f"layout={layout!r}: unknown; known layouts are {', '.join(LAYOUTS)}.")
+    if val_labels and not fs.is_file(val_labels):
+        raise LayoutError(f"val_labels={val_labels!r}: no such file.")
+    return _LISTERS[layout](root, val_labels=val_labels, labels_file=labels_file)

@@ -1,0 +1,522 @@
+"""The partition job body: listed inputs → cleaned JPEG rows → Petastorm Parquet partitioned by synset.
+
+Shape of the job (why each piece is where it is):
+
+* The driver lists inputs (``layouts.discover``) and cuts them into *tasks* of at most ``images_per_task``
+  images of one split and one synset, in sorted order. Tasks are deterministic, so a rerun with
+  ``--resume`` can skip the ones already done, and a retried Spark task rewrites the same file name
+  (no duplicate rows).
+* Each executor task reads its images (from files, or from a tar archive in place), cleans them with
+  ``images.process_image`` and streams rows into one Parquet file per task, flushing a row group every
+  ``rows_per_row_group`` rows: executor memory is bounded by one row group plus one image, whatever the
+  dataset size. Rejected inputs go, with their bytes, to a per-task rejects file. The task then writes a
+  small JSON result (counts, rejects, conversions) *after* its Parquet file is renamed into place, so a
+  result on disk means the task's output is complete.
+* Everything is written under ``OUTPUT/_staging``. Only when every task is done and the reject fraction is
+  acceptable does the driver write Petastorm metadata, labels.txt and manifest.json and move the splits
+  into place; ``manifest.json`` is written last and marks a finished dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import platform
+import posixpath
+import tarfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import asdict
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from imagenet_spark import __version__
+from imagenet_spark.config import ConfigError, PartitionConfig, to_dict
+from imagenet_spark.data import fs, images, layouts
+from imagenet_spark.errors import ImagenetSparkError
+from imagenet_spark.data.schema import PARTITION_COLUMN, arrow_file_schema, imagenet_schema, write_petastorm_metadata
+
+log = logging.getLogger(__name__)
+
+STAGING = "_staging"
+TASKS = "_tasks"
+MANIFEST = "manifest.json"
+LABELS = "labels.txt"
+REJECTS = "rejects"
+_UNSAFE_CLASS_CHARS = set('/\\=%:"#\'*?{}[]^\x7f')
+
+
+class PartitionError(ImagenetSparkError, RuntimeError):
+    """The job cannot finish as asked; the message says what happened and where to look."""
+
+
+def _rejects_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("filename", pa.string()),
+            pa.field("split", pa.string()),
+            pa.field("synset", pa.string()),
+            pa.field("reason", pa.string()),
+            pa.field("detail", pa.string()),
+            pa.field("data", pa.binary()),
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Tasks (driver side)
+
+
+def plan_tasks(listing: layouts.Listing, images_per_task: int) -> list[dict[str, Any]]:
+    """Cut the listing into deterministic tasks: one split × one synset × at most ``images_per_task`` images.
+
+    Items already rejected at listing time (unknown class, unlabelled validation file) get tasks of their
+    own under the pseudo-synset ``_rejected`` so their bytes still reach the rejects table.
+    """
+    labels = listing.label_of()
+    groups: dict[tuple[str, str], list[layouts.Item]] = defaultdict(list)
+    for item in listing.items:
+        groups[(item.split, "_rejected" if item.reject else item.synset)].append(item)
+    tasks: list[dict[str, Any]] = []
+    for (split, synset), items in sorted(groups.items()):
+        items.sort(key=lambda i: i.filename)
+        for index, start in enumerate(range(0, len(items), images_per_task)):
+            chunk = items[start:start + images_per_task]
+            tasks.append({
+                "id": f"{split}/{synset}/{index:05d}",
+                "kind": "files",
+                "split": split,
+                "synset": synset,
+                "label": labels.get(synset, -1),
+                "index": index,
+                "items": [(i.uri, i.filename, i.offset, i.size, i.synset, i.reject, i.detail) for i in chunk],
+            })
+    for archive in sorted(listing.archives, key=lambda a: (a.split, a.synset)):
+        tasks.append({
+            "id": f"{archive.split}/{archive.synset}/archive",
+            "kind": "archive",
+            "split": archive.split,
+            "synset": archive.synset,
+            "label": labels[archive.synset],
+            "index": 0,
+            "archive": (archive.uri, archive.filename, archive.offset, archive.size),
+        })
+    return tasks
+
+
+def _task_result_uri(staging: str, task_id: str) -> str:
+    return fs.join(staging, TASKS, task_id.replace("/", "__") + ".json")
+
+
+# --------------------------------------------------------------------------------------------------
+# Executor side
+
+
+class _Slice(io.RawIOBase):
+    """A read-only window [offset, offset+size) of a seekable file: an inner tar inside the outer tar."""
+
+    def __init__(self, f: Any, offset: int, size: int) -> None:
+        super().__init__()
+        self._f, self._start, self._size, self._pos = f, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self._size - self._pos)
+        if n <= 0:
+            return 0
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def _iter_archive(uri: str, name: str, offset: int, size: int) -> Iterator[tuple[str, bytes | None, str]]:
+    """(filename, bytes or None, error) for each regular member of a tar, streamed (never extracted)."""
+    with fs.open_input(uri) as raw:
+        stream = io.BufferedReader(_Slice(raw, offset, size), 1 << 20) if offset >= 0 else raw
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    fname = f"{name}/{member.name}"
+                    f = tar.extractfile(member)
+                    yield fname, (f.read() if f else b""), ""
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            yield f"{name}/<archive>", None, f"archive unreadable after the members above: {exc}"
+
+
+class _TaskWriter:
+    """Streams rows of one task into ``part-NNNNN.parquet`` files, a row group per ``rows_per_row_group``."""
+
+    def __init__(self, out_dir: str, start_index: int, cfg: PartitionConfig, max_rows_per_file: int) -> None:
+        self._dir, self._index, self._cfg = out_dir, start_index, cfg
+        self._max_rows = max_rows_per_file
+        self._schema = arrow_file_schema(imagenet_schema())
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp = self._final = ""
+        self._rows_in_file = 0
+        self._buffer: dict[str, list[Any]] = {n: [] for n in self._schema.names}
+        self.files: dict[str, int] = {}
+        self.bytes_written = 0
+
+    def _open(self) -> None:
+        name = f"part-{self._index:05d}.parquet"
+        self._final = fs.join(self._dir, name)
+        self._tmp = fs.join(self._dir, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        filesystem, path = fs.resolve(self._tmp)
+        filesystem.create_dir(posixpath.dirname(path), recursive=True)
+        self._sink = filesystem.open_output_stream(path)
+        self._writer = pq.ParquetWriter(self._sink, self._schema, compression="NONE")
+        self._row_groups = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        if self._writer is None:
+            self._open()
+        for key, value in row.items():
+            self._buffer[key].append(value)
+        self._rows_in_file += 1
+        if len(self._buffer["image"]) >= self._cfg.rows_per_row_group:
+            self._flush()
+        if self._rows_in_file >= self._max_rows:
+            self._close_file()
+
+    def _flush(self) -> None:
+        if not self._buffer["image"]:
+            return
+        table = pa.Table.from_pydict(self._buffer, schema=self._schema)
+        assert self._writer is not None
+        self._writer.write_table(table, row_group_size=len(self._buffer["image"]))
+        self._row_groups += 1
+        self.bytes_written += sum(len(b) for b in self._buffer["image"])
+        self._buffer = {n: [] for n in self._schema.names}
+
+    def _close_file(self) -> None:
+        if self._writer is None:
+            return
+        self._flush()
+        self._writer.close()
+        self._sink.close()
+        fs.move(self._tmp, self._final)  # a retried task overwrites the same name: no duplicate rows
+        self.files[posixpath.basename(self._dir) + "/" + posixpath.basename(self._final)] = self._row_groups
+        self._writer = None
+        self._rows_in_file = 0
+        self._index += 1
+
+    def close(self) -> None:
+        self._close_file()
+
+
+def process_task(task: dict[str, Any], cfg_dict: dict[str, Any], staging: str) -> dict[str, Any]:
+    """Run one task on an executor; returns (and persists) its result. Never raises on bad images."""
+    started = time.monotonic()
+    cfg = PartitionConfig(**cfg_dict)
+    split, synset, label = task["split"], task["synset"], task["label"]
+    real_class = synset != "_rejected"
+    out_dir = fs.join(staging, split, f"{PARTITION_COLUMN}={synset}")
+    if task["kind"] == "archive":
+        writer = _TaskWriter(out_dir, 0, cfg, cfg.images_per_task)
+    else:
+        writer = _TaskWriter(out_dir, task["index"], cfg, 1 << 62)
+    rejects: list[tuple[str, str, str]] = []
+    reject_rows: dict[str, list[Any]] = {n: [] for n in _rejects_schema().names}
+    conversions: dict[str, list[str]] = {}
+    written = 0
+    input_bytes = 0
+
+    def reject(fname: str, item_synset: str, reason: str, detail: str, data: bytes) -> None:
+        rejects.append((fname, reason, detail))
+        for key, value in (("filename", fname), ("split", split), ("synset", item_synset), ("reason", reason),
+                           ("detail", detail), ("data", data)):
+            reject_rows[key].append(value)
+
+    def handle(fname: str, item_synset: str, data: bytes | None, pre_reason: str, pre_detail: str) -> None:
+        nonlocal written, input_bytes
+        if data is None:
+            reject(fname, item_synset, images.READ_ERROR, pre_detail, b"")
+            return
+        input_bytes += len(data)
+        if pre_reason:
+            reject(fname, item_synset, pre_reason, pre_detail, data)
+            return
+        result = images.process_image(data, filename=fname, resize_short=cfg.resize_short, quality=cfg.quality,
+                                      max_pixels=cfg.max_pixels)
+        if isinstance(result, images.Rejected):
+            reject(fname, item_synset, result.reason, result.detail, data)
+            return
+        if result.conversions:
+            conversions[fname] = list(result.conversions)
+        writer.add({"image": result.data, "label": label, "filename": fname, "height": result.height,
+                    "width": result.width})
+        written += 1
+
+    if task["kind"] == "files":
+        for uri, fname, offset, size, item_synset, pre_reason, pre_detail in task["items"]:
+            if pre_reason == images.READ_ERROR:
+                handle(fname, item_synset, None, pre_reason, pre_detail)
+                continue
+            try:
+                data = fs.read_bytes(uri, offset, size)
+            except OSError as exc:
+                handle(fname, item_synset, None, images.READ_ERROR, f"cannot read: {exc}")
+                continue
+            handle(fname, item_synset, data, pre_reason, pre_detail)
+        expected = len(task["items"])
+    else:
+        uri, name, offset, size = task["archive"]
+        expected = 0
+        for fname, data, error in _iter_archive(uri, name, offset, size):
+            expected += 1
+            handle(fname, synset, data, images.READ_ERROR if error else "", error)
+    writer.close()
+    if not real_class and written:
+        raise PartitionError(f"task {task['id']}: rejected items were written; this is a bug")
+    if reject_rows["filename"]:
+        rej_uri = fs.join(staging, REJECTS, split, f"part-{synset}-{task['index']:05d}.parquet")
+        filesystem, path = fs.resolve(rej_uri)
+        filesystem.create_dir(posixpath.dirname(path), recursive=True)
+        pq.write_table(pa.Table.from_pydict(reject_rows, schema=_rejects_schema()), path, filesystem=filesystem)
+    result = {
+        "id": task["id"],
+        "split": split,
+        "synset": synset if real_class else "",
+        "inputs": expected,
+        "written": written,
+        "rejects": rejects,
+        "conversions": conversions,
+        "files": writer.files,
+        "input_bytes": input_bytes,
+        "bytes_written": writer.bytes_written,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if written + len(rejects) != expected:
+        raise PartitionError(f"task {task['id']}: {expected} inputs but {written} written + {len(rejects)} rejected")
+    fs.write_text_atomic(_task_result_uri(staging, task["id"]), json.dumps(result))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver side
+
+
+def _versions() -> dict[str, str]:
+    import PIL
+    import petastorm
+
+    out = {"imagenet_spark": __version__, "python": platform.python_version(), "pyarrow": pa.__version__,
+           "petastorm": petastorm.__version__, "Pillow": PIL.__version__}
+    try:
+        import pyspark
+
+        out["pyspark"] = pyspark.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def _check_classes(listing: layouts.Listing) -> None:
+    for cls in listing.classes:
+        bad = sorted(set(cls) & _UNSAFE_CLASS_CHARS)
+        if bad:
+            raise ConfigError("input", listing.root, f"class name {cls!r} contains {''.join(bad)!r}, which cannot "
+                              "name a partition directory.", "rename the folder, or list images in a CSV with "
+                              "clean labels.")
+
+
+def _check_output(cfg: PartitionConfig) -> str:
+    """Refuse to clobber a finished dataset or silently drop an interrupted run; return the staging URI."""
+    staging = fs.join(cfg.output, STAGING)
+    finished = fs.exists(fs.join(cfg.output, MANIFEST))
+    if finished and not (cfg.overwrite or cfg.resume):
+        raise ConfigError("output", cfg.output, "already holds a finished dataset (manifest.json).",
+                          "pass --overwrite to replace it, or choose another --output.")
+    if fs.exists(staging):
+        if cfg.overwrite:
+            log.info("--overwrite: discarding the interrupted run in %s", staging)
+            fs.delete(staging)
+        elif not cfg.resume:
+            raise ConfigError("output", cfg.output, f"holds an interrupted run ({staging}).",
+                              "pass --resume to continue it, or --overwrite to start over.")
+    elif not finished and fs.exists(cfg.output) and not fs.is_dir(cfg.output):
+        raise ConfigError("output", cfg.output, "exists and is not a directory.")
+    return staging
+
+
+_RUN_KEYS = ("input", "layout", "resize_short", "quality", "max_pixels", "images_per_task", "rows_per_row_group",
+             "labels_file", "val_labels")
+
+
+def _check_resume(cfg: PartitionConfig, staging: str) -> None:
+    run_uri = fs.join(staging, "run.json")
+    current = {k: getattr(cfg, k) for k in _RUN_KEYS}
+    if fs.exists(run_uri):
+        previous = json.loads(fs.read_text(run_uri))
+        changed = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
+        if changed:
+            key, (old, new) = next(iter(changed.items()))
+            raise ConfigError(key, new, f"differs from the interrupted run being resumed ({old!r}).",
+                              "resume with the same settings, or pass --overwrite to start over.")
+    else:
+        fs.write_text_atomic(run_uri, json.dumps(current))
+
+
+def dry_run_report(listing: layouts.Listing, cfg: PartitionConfig, sample: int = 16) -> dict[str, Any]:
+    """What would be read and roughly how much would be written, from a small sample processed locally."""
+    counts = listing.counts()
+    in_bytes = listing.input_bytes()
+    sampled_in = sampled_out = 0
+    usable = [i for i in listing.items if not i.reject and i.size > 0]
+    step = max(1, len(usable) // sample)
+    for item in usable[::step][:sample]:
+        data = fs.read_bytes(item.uri, item.offset, item.size)
+        result = images.process_image(data, filename=item.filename, resize_short=cfg.resize_short,
+                                      quality=cfg.quality, max_pixels=cfg.max_pixels)
+        if isinstance(result, images.Processed):
+            sampled_in += len(data)
+            sampled_out += len(result.data)
+    ratio = sampled_out / sampled_in if sampled_in else 1.0
+    return {
+        "layout": listing.layout,
+        "input": listing.root,
+        "classes": len(listing.classes),
+        "counts": counts,
+        "archives": [asdict(a) for a in listing.archives],
+        "skipped": len(listing.skipped),
+        "listed_rejects": sum(1 for i in listing.items if i.reject),
+        "input_bytes": in_bytes,
+        "estimated_output_bytes": int(in_bytes * ratio),
+        "sampled_images": sample if usable else 0,
+    }
+
+
+def _labels_text(listing: layouts.Listing) -> str:
+    return "".join(f"{i}\t{c}\t{listing.names.get(c, c)}\n" for i, c in enumerate(listing.classes))
+
+
+def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list[dict[str, Any]],
+                   wall_time: float) -> dict[str, Any]:
+    per_split: dict[str, Counter[str]] = defaultdict(Counter)
+    rejects = []
+    conversions: dict[str, list[str]] = defaultdict(list)
+    row_groups: dict[str, dict[str, int]] = defaultdict(dict)
+    inputs = written = in_bytes = out_bytes = 0
+    for r in sorted(results, key=lambda r: r["id"]):
+        inputs += r["inputs"]
+        written += r["written"]
+        in_bytes += r["input_bytes"]
+        out_bytes += r["bytes_written"]
+        if r["synset"]:
+            per_split[r["split"]][r["synset"]] += r["written"]
+        for fname, reason, detail in r["rejects"]:
+            rejects.append({"filename": fname, "split": r["split"], "reason": reason, "detail": detail})
+        for fname, kinds in r["conversions"].items():
+            for kind in kinds:
+                conversions[kind].append(fname)
+        row_groups[r["split"]].update(r["files"])
+    by_reason = Counter(r["reason"] for r in rejects)
+    return {
+        "format": "imagenet-spark dataset",
+        "format_version": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": to_dict(cfg),
+        "versions": _versions(),
+        "layout": listing.layout,
+        "num_classes": len(listing.classes),
+        "totals": {"inputs": inputs, "written": written, "rejected": len(rejects), "skipped": len(listing.skipped)},
+        "counts": {s: dict(sorted(c.items())) for s, c in sorted(per_split.items())},
+        "split_sizes": {s: sum(c.values()) for s, c in sorted(per_split.items())},
+        "row_groups": {s: sum(v.values()) for s, v in sorted(row_groups.items())},
+        "rows_per_row_group": cfg.rows_per_row_group,
+        "sharding_rule": "row group i of a split (sorted file order) goes to worker i mod N; "
+                         "N workers need at least N row groups",
+        "rejects_by_reason": dict(sorted(by_reason.items())),
+        "rejects": rejects,
+        "conversions": {k: sorted(v) for k, v in sorted(conversions.items())},
+        "conversion_counts": {k: len(v) for k, v in sorted(conversions.items())},
+        "skipped": [{"filename": f, "why": why} for f, why in listing.skipped],
+        "bytes": {"input": in_bytes, "written": out_bytes,
+                  "per_image": round(out_bytes / written, 1) if written else 0},
+        "wall_time_s": round(wall_time, 2),
+        "images_per_s": round(inputs / wall_time, 1) if wall_time > 0 else 0,
+        "_row_groups_per_file": {s: dict(sorted(v.items())) for s, v in sorted(row_groups.items())},
+    }
+
+
+def _publish(cfg: PartitionConfig, staging: str, manifest: dict[str, Any], listing: layouts.Listing) -> None:
+    """Move the staged splits into place; manifest.json goes last and marks the dataset finished."""
+    schema = imagenet_schema()
+    for split, files in manifest["_row_groups_per_file"].items():
+        write_petastorm_metadata(fs.join(staging, split), schema, files)
+    fs.write_text_atomic(fs.join(staging, LABELS), _labels_text(listing))
+    for name in (MANIFEST, LABELS, *layouts.SPLITS, REJECTS):
+        target = fs.join(cfg.output, name)
+        if fs.exists(target):
+            fs.delete(target)
+    for name in (*layouts.SPLITS, REJECTS, LABELS):
+        if fs.exists(fs.join(staging, name)):
+            fs.move(fs.join(staging, name), fs.join(cfg.output, name))
+    public = {k: v for k, v in manifest.items() if not k.startswith("_")}
+    fs.write_text_atomic(fs.join(cfg.output, MANIFEST), json.dumps(public, indent=1))
+    fs.delete(staging)
+
+
+def run_partition(spark: Any, cfg: PartitionConfig) -> dict[str, Any]:
+    """Run the whole job with the given SparkSession; returns the manifest (or the dry-run report)."""
+    from imagenet_spark.spark.jobs import run_tasks  # the only Spark-facing piece
+
+    started = time.monotonic()
+    listing = layouts.discover(cfg.input, layout=cfg.layout, val_labels=cfg.val_labels, labels_file=cfg.labels_file)
+    _check_classes(listing)
+    log.info("listed %d inputs (+%d archives) in %d classes, layout %s, %.1f s", len(listing.items),
+             len(listing.archives), len(listing.classes), listing.layout, time.monotonic() - started)
+    if cfg.dry_run:
+        report = dry_run_report(listing, cfg)
+        log.info("dry run: %s", json.dumps({k: v for k, v in report.items() if k != "archives"}))
+        return report
+    if cfg.resume and fs.exists(fs.join(cfg.output, MANIFEST)) and not fs.exists(fs.join(cfg.output, STAGING)):
+        log.info("--resume: %s is already a finished dataset; nothing to do", cfg.output)
+        return json.loads(fs.read_text(fs.join(cfg.output, MANIFEST)))
+    staging = _check_output(cfg)
+    fs.make_dirs(staging)
+    _check_resume(cfg, staging)
+    tasks = plan_tasks(listing, cfg.images_per_task)
+    done: dict[str, dict[str, Any]] = {}
+    if cfg.resume and fs.exists(fs.join(staging, TASKS)):
+        for entry in fs.list_files(fs.join(staging, TASKS)):
+            if entry.relpath.endswith(".json"):
+                r = json.loads(fs.read_text(entry.uri))
+                done[r["id"]] = r
+        log.info("--resume: %d of %d tasks already committed; skipping them", len(done), len(tasks))
+    todo = [t for t in tasks if t["id"] not in done]
+    cfg_dict = to_dict(cfg)
+    results = list(done.values()) + run_tasks(
+        spark, todo, lambda task: process_task(task, cfg_dict, staging),
+        description=f"imagenet-spark partition {cfg.input} -> {cfg.output}", num_partitions=cfg.num_partitions)
+    manifest = build_manifest(cfg, listing, results, time.monotonic() - started)
+    totals = manifest["totals"]
+    fraction = totals["rejected"] / totals["inputs"] if totals["inputs"] else 1.0
+    if totals["written"] == 0 or fraction > cfg.max_reject_fraction:
+        fs.write_text_atomic(fs.join(staging, MANIFEST), json.dumps(manifest, indent=1))
+        raise PartitionError(
+            f"{totals['rejected']} of {totals['inputs']} inputs rejected ({fraction:.1%}), more than "
+            f"max_reject_fraction={cfg.max_reject_fraction}; nothing was published. Reasons: "
+            f"{manifest['rejects_by_reason']}. See {fs.join(staging, MANIFEST)} and {fs.join(staging, REJECTS)}/. "
+            "Fix the inputs, or raise max_reject_fraction (--set max_reject_fraction=...) and rerun with --resume."
+        )
+    if cfg.tfrecord:
+        from imagenet_spark.data.tfrecord import write_tfrecords
+
+        write_tfrecords(spark, staging, manifest, cfg)
+    manifest["wall_time_s"] = round(time.monotonic() - started, 2)
+    _publish(cfg, staging, manifest, listing)
+    log.info("published %s: %d written, %d rejected, %d skipped, %.1f s (%.0f inputs/s)", cfg.output,
+             totals["written"], totals["rejected"], totals["skipped"], manifest["wall_time_s"],
+             totals["inputs"] / max(manifest["wall_time_s"], 1e-9))
+    return {k: v for k, v in manifest.items() if not k.startswith("_")}

@@ -1,0 +1,84 @@
+"""Run a list of independent tasks as one Spark job, with a job group, progress on the driver and cancel
+on failure.
+
+Why one Spark task per work item: a failed or lost task is retried by Spark on its own, and the item is
+small enough (``images_per_task`` images) that a retry costs seconds, not the whole split.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any, Callable, Sequence
+
+from imagenet_spark.errors import ImagenetSparkError
+
+log = logging.getLogger(__name__)
+
+
+class SparkJobError(ImagenetSparkError, RuntimeError):
+    """A Spark job failed; the message carries the first line of the executor error."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    for line in text.splitlines():
+        if "Error" in line or "Exception" in line:
+            return line.strip()[:500]
+    return text.strip().splitlines()[0][:500] if text.strip() else type(exc).__name__
+
+
+class _Progress(threading.Thread):
+    """Logs ``done/total tasks`` for a job group every ``interval`` seconds, from the driver."""
+
+    def __init__(self, sc: Any, group: str, label: str, interval: float = 10.0) -> None:
+        super().__init__(daemon=True, name=f"progress-{group}")
+        self._sc, self._group, self._label, self._interval = sc, group, label, interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        tracker = self._sc.statusTracker()
+        while not self._stop_event.wait(self._interval):
+            done = total = 0
+            for job_id in tracker.getJobIdsForGroup(self._group):
+                info = tracker.getJobInfo(job_id)
+                for stage_id in (info.stageIds if info else []):
+                    stage = tracker.getStageInfo(stage_id)
+                    if stage:
+                        done += stage.numCompletedTasks
+                        total += stage.numTasks
+            if total:
+                log.info("%s: %d/%d tasks done (%.0f%%)", self._label, done, total, 100.0 * done / total)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def run_tasks(
+    spark: Any,
+    tasks: Sequence[dict[str, Any]],
+    fn: Callable[[dict[str, Any]], dict[str, Any]],
+    *,
+    description: str,
+    num_partitions: int | None = None,
+    progress_interval: float = 10.0,
+) -> list[dict[str, Any]]:
+    """``[fn(t) for t in tasks]`` on the executors; tasks are plain dicts, results plain dicts."""
+    if not tasks:
+        return []
+    sc = spark.sparkContext
+    group = f"imagenet-spark-{uuid.uuid4().hex[:8]}"
+    sc.setJobGroup(group, description, interruptOnCancel=True)
+    slices = min(len(tasks), num_partitions) if num_partitions else len(tasks)
+    progress = _Progress(sc, group, description.split(" ")[1] if " " in description else description,
+                         progress_interval)
+    progress.start()
+    try:
+        return sc.parallelize(list(tasks), slices).map(fn).collect()
+    except Exception as exc:  # noqa: BLE001 - py4j raises Py4JJavaError; we re-raise with context
+        sc.cancelJobGroup(group)
+        raise SparkJobError(f"{description}: Spark job failed: {_first_line(exc)}") from exc
+    finally:
+        progress.stop()
+        sc.setLocalProperty("spark.jobGroup.id", None)

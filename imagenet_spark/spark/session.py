@@ -1,0 +1,63 @@
+"""SparkSession helpers for the entry points (jobs/, cli, tests). Library code takes a session as an argument.
+
+Why ship the package: executors must run the same imagenet_spark as the driver. ``ship_package`` zips the
+installed package and adds it with ``addPyFile`` unless the executors already import it from the same path
+(local mode with an editable install), so a cluster needs only the third-party stack installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
+
+# Settings every imagenet-spark session wants; a user's spark-defaults/--conf wins for anything set there.
+RECOMMENDED_CONF = {
+    "spark.python.worker.reuse": "false",  # a reused Python worker that loaded TF breaks the next MWMS stage
+    "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "1s",
+    "spark.sql.execution.arrow.pyspark.enabled": "false",
+}
+
+
+def under_spark_submit() -> bool:
+    """True when spark-submit (or pyspark's shell) launched us: the JVM is up and the master is its choice."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def build_session(app_name: str, *, master: str | None = None, conf: Mapping[str, str] | None = None) -> Any:
+    """getOrCreate a SparkSession for an entry point; ``spark-submit`` settings take precedence."""
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    if master and not under_spark_submit():
+        builder = builder.master(master)
+    for key, value in {**RECOMMENDED_CONF, **(conf or {})}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("IMAGENET_SPARK_SPARK_LOG_LEVEL", "WARN"))
+    return spark
+
+
+def ship_package(spark: Any) -> str | None:
+    """Zip imagenet_spark and add it to the executors' path; skipped in local mode (same machine, same files)."""
+    sc = spark.sparkContext
+    if sc.master.startswith("local[") or sc.master == "local":
+        return None
+    import imagenet_spark
+
+    pkg_dir = Path(imagenet_spark.__file__).parent
+    out = Path(tempfile.mkdtemp(prefix="imagenet-spark-")) / "imagenet_spark.zip"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in pkg_dir.rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                zf.write(path, Path("imagenet_spark") / path.relative_to(pkg_dir))
+    sc.addPyFile(str(out))
+    log.info("shipped %s to the executors", out)
+    return str(out)

@@ -1,0 +1,4 @@
+"""Shim for editable installs with setuptools < 70; all metadata is declarative in setup.cfg."""
+from setuptools import setup
+
+setup()
