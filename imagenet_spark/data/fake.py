@@ -91,7 +91,7 @@ _BACKGROUNDS: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("olive", (70, 76, 40)),
 )
 _CYCLE = len(_SHAPES) * len(_HUES) * len(_BACKGROUNDS)
-_COLOUR_JITTER = 10.0  # std of per-image colour shift, per channel, in 0..255 units
+_COLOUR_JITTER = 8.0  # std of per-image colour shift, per channel, in 0..255 units
 _NOISE = 6.0  # std of per-pixel Gaussian noise
 _GRAIN = 32.0  # luminance grain std in realistic mode: tuned so 500x375 at q90 is ~110 KB
 _CHROMA = 6.0  # colour grain std in realistic mode
@@ -237,7 +237,7 @@ def _image_size(spec: FakeSpec, rng: np.random.Generator) -> tuple[int, int]:
 def _smooth_field(rng: np.random.Generator, width: int, height: int, cells: int) -> np.ndarray:
     """Low-frequency random field in [-1, 1]: a coarse grid upsampled bicubically (shading, blotches)."""
     coarse = rng.uniform(0, 255, size=(cells, cells)).astype(np.uint8)
-    up = Image.fromarray(coarse, mode="L").resize((width, height), Image.Resampling.BICUBIC)
+    up = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
     return np.asarray(up, dtype=np.float32) / 127.5 - 1.0
 
 
@@ -267,7 +267,7 @@ def _render(pattern: _Pattern, spec: FakeSpec, rng: np.random.Generator) -> np.n
 
 
 def _jpeg(pixels: np.ndarray | Image.Image, quality: int) -> bytes:
-    img = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels, mode="RGB")
+    img = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -310,7 +310,7 @@ def _quirk_files(spec: FakeSpec, classes: Sequence[str], name_of: Callable[[int,
 
     def rgb(k: int) -> Image.Image:
         cls = k % len(classes)
-        return Image.fromarray(_render(_pattern(cls), spec, _stream(spec, _STREAM_QUIRK, cls, k)), mode="RGB")
+        return Image.fromarray(_render(_pattern(cls), spec, _stream(spec, _STREAM_QUIRK, cls, k)))
 
     def cmyk() -> bytes:
         return _jpeg(rgb(0).convert("CMYK"), spec.quality)
@@ -328,7 +328,7 @@ def _quirk_files(spec: FakeSpec, classes: Sequence[str], name_of: Callable[[int,
         img = rgb(4).convert("RGBA")
         a = np.full((img.height, img.width), 255, dtype=np.uint8)
         a[:, : max(1, img.width // 10)] = 96  # a translucent left edge: really uses the alpha channel
-        img.putalpha(Image.fromarray(a, mode="L"))
+        img.putalpha(Image.fromarray(a))
         return _png(img)
 
     kinds: list[tuple[str, str, Callable[[], bytes]]] = [

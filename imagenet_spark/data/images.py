@@ -81,6 +81,8 @@ def _to_rgb(img: Image.Image, conversions: list[str]) -> Image.Image:
         return img.convert("RGB")
     if mode in ("P", "PA"):
         conversions.append(PALETTE)
+        if mode == "P" and "transparency" not in img.info:
+            return img.convert("RGB")
         img = img.convert("RGBA")
         mode = "RGBA"
     if mode in ("RGBA", "LA", "La", "RGBa"):
@@ -134,7 +136,7 @@ def process_image(
         if fmt == "PNG" and is_jpeg_name:
             conversions.append(PNG_AS_JPEG)
         elif fmt not in ("JPEG", "MPO") and fmt:
-            conversions.append(OTHER_FORMAT)
+            conversions.append(f"{OTHER_FORMAT}:{fmt.lower()}")
         out_w, out_h = target_size(width, height, resize_short)
         try:
             with warnings.catch_warnings():

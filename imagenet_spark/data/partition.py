@@ -55,10 +55,10 @@ class PartitionError(ImagenetSparkError, RuntimeError):
 
 
 def _rejects_schema() -> pa.Schema:
+    """Quarantined inputs with their bytes, under ``rejects/split=<split>/`` (the split is the partition)."""
     return pa.schema(
         [
             pa.field("filename", pa.string()),
-            pa.field("split", pa.string()),
             pa.field("synset", pa.string()),
             pa.field("reason", pa.string()),
             pa.field("detail", pa.string()),
@@ -214,10 +214,29 @@ class _TaskWriter:
         self._close_file()
 
 
+class InjectedFailure(RuntimeError):
+    """Raised on purpose by ``inject_failure`` to prove retries and atomic publishing."""
+
+
+def _should_inject_failure(spec: str | None, task_id: str) -> bool:
+    if not spec:
+        return False
+    always = spec.startswith("always:")
+    prefix = spec.split(":", 1)[1] if always else spec
+    if not task_id.startswith(prefix):
+        return False
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    return always or (ctx.attemptNumber() if ctx else 0) == 0
+
+
 def process_task(task: dict[str, Any], cfg_dict: dict[str, Any], staging: str) -> dict[str, Any]:
     """Run one task on an executor; returns (and persists) its result. Never raises on bad images."""
     started = time.monotonic()
     cfg = PartitionConfig(**cfg_dict)
+    # Fail half way through, with a partial Parquet file open, to prove nothing half-written is kept.
+    fail_at = len(task.get("items", ())) // 2 if _should_inject_failure(cfg.inject_failure, task["id"]) else -1
     split, synset, label = task["split"], task["synset"], task["label"]
     real_class = synset != "_rejected"
     out_dir = fs.join(staging, split, f"{PARTITION_COLUMN}={synset}")
@@ -228,12 +247,13 @@ def process_task(task: dict[str, Any], cfg_dict: dict[str, Any], staging: str) -
     rejects: list[tuple[str, str, str]] = []
     reject_rows: dict[str, list[Any]] = {n: [] for n in _rejects_schema().names}
     conversions: dict[str, list[str]] = {}
+    skipped: list[tuple[str, str]] = []
     written = 0
     input_bytes = 0
 
     def reject(fname: str, item_synset: str, reason: str, detail: str, data: bytes) -> None:
         rejects.append((fname, reason, detail))
-        for key, value in (("filename", fname), ("split", split), ("synset", item_synset), ("reason", reason),
+        for key, value in (("filename", fname), ("synset", item_synset), ("reason", reason),
                            ("detail", detail), ("data", data)):
             reject_rows[key].append(value)
 
@@ -258,7 +278,9 @@ def process_task(task: dict[str, Any], cfg_dict: dict[str, Any], staging: str) -
         written += 1
 
     if task["kind"] == "files":
-        for uri, fname, offset, size, item_synset, pre_reason, pre_detail in task["items"]:
+        for n, (uri, fname, offset, size, item_synset, pre_reason, pre_detail) in enumerate(task["items"]):
+            if n == fail_at:
+                raise InjectedFailure(f"inject_failure={cfg.inject_failure!r}: task {task['id']} fails at image {n}")
             if pre_reason == images.READ_ERROR:
                 handle(fname, item_synset, None, pre_reason, pre_detail)
                 continue
@@ -273,13 +295,16 @@ def process_task(task: dict[str, Any], cfg_dict: dict[str, Any], staging: str) -
         uri, name, offset, size = task["archive"]
         expected = 0
         for fname, data, error in _iter_archive(uri, name, offset, size):
+            if posixpath.basename(fname).startswith((".", "_")) and data is not None:
+                skipped.append((fname, "hidden or system file"))
+                continue
             expected += 1
             handle(fname, synset, data, images.READ_ERROR if error else "", error)
     writer.close()
     if not real_class and written:
         raise PartitionError(f"task {task['id']}: rejected items were written; this is a bug")
     if reject_rows["filename"]:
-        rej_uri = fs.join(staging, REJECTS, split, f"part-{synset}-{task['index']:05d}.parquet")
+        rej_uri = fs.join(staging, REJECTS, f"split={split}", f"part-{synset}-{task['index']:05d}.parquet")
         filesystem, path = fs.resolve(rej_uri)
         filesystem.create_dir(posixpath.dirname(path), recursive=True)
         pq.write_table(pa.Table.from_pydict(reject_rows, schema=_rejects_schema()), path, filesystem=filesystem)
@@ -291,6 +316,7 @@ def process_task(task: dict[str, Any], cfg_dict: dict[str, Any], staging: str) -
         "written": written,
         "rejects": rejects,
         "conversions": conversions,
+        "skipped": skipped,
         "files": writer.files,
         "input_bytes": input_bytes,
         "bytes_written": writer.bytes_written,
@@ -420,6 +446,7 @@ def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list
             for kind in kinds:
                 conversions[kind].append(fname)
         row_groups[r["split"]].update(r["files"])
+    skipped = list(listing.skipped) + [tuple(s) for r in results for s in r.get("skipped", ())]
     by_reason = Counter(r["reason"] for r in rejects)
     return {
         "format": "imagenet-spark dataset",
@@ -429,7 +456,7 @@ def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list
         "versions": _versions(),
         "layout": listing.layout,
         "num_classes": len(listing.classes),
-        "totals": {"inputs": inputs, "written": written, "rejected": len(rejects), "skipped": len(listing.skipped)},
+        "totals": {"inputs": inputs, "written": written, "rejected": len(rejects), "skipped": len(skipped)},
         "counts": {s: dict(sorted(c.items())) for s, c in sorted(per_split.items())},
         "split_sizes": {s: sum(c.values()) for s, c in sorted(per_split.items())},
         "row_groups": {s: sum(v.values()) for s, v in sorted(row_groups.items())},
@@ -440,7 +467,7 @@ def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list
         "rejects": rejects,
         "conversions": {k: sorted(v) for k, v in sorted(conversions.items())},
         "conversion_counts": {k: len(v) for k, v in sorted(conversions.items())},
-        "skipped": [{"filename": f, "why": why} for f, why in listing.skipped],
+        "skipped": [{"filename": f, "why": why} for f, why in skipped],
         "bytes": {"input": in_bytes, "written": out_bytes,
                   "per_image": round(out_bytes / written, 1) if written else 0},
         "wall_time_s": round(wall_time, 2),
@@ -452,7 +479,14 @@ def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list
 def _publish(cfg: PartitionConfig, staging: str, manifest: dict[str, Any], listing: layouts.Listing) -> None:
     """Move the staged splits into place; manifest.json goes last and marks the dataset finished."""
     schema = imagenet_schema()
+    for name in (*layouts.SPLITS, REJECTS):  # partial files of failed task attempts
+        if fs.exists(fs.join(staging, name)):
+            for entry in fs.list_files(fs.join(staging, name)):
+                if entry.relpath.endswith(".tmp"):
+                    fs.delete(entry.uri)
     for split, files in manifest["_row_groups_per_file"].items():
+        if not files:  # every input of this split was rejected (the threshold allowed it)
+            continue
         write_petastorm_metadata(fs.join(staging, split), schema, files)
     fs.write_text_atomic(fs.join(staging, LABELS), _labels_text(listing))
     for name in (MANIFEST, LABELS, *layouts.SPLITS, REJECTS):

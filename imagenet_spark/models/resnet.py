@@ -51,7 +51,13 @@ class ResNetSpec:
     dropout: float = 0.0
 
 
-def _info(name: str, params: int | None, description: str, *, image_size: int = 224, eval_resize: int = 256) -> ModelInfo:
+#: Input defaults of the test variants: 32 px crops from a 36 px short side (the 0.875 ratio of 224/256).
+_TINY_INPUT: Mapping[str, int] = MappingProxyType({"image_size": 32, "eval_resize": 36})
+
+
+def _info(
+    name: str, params: int | None, description: str, *, image_size: int = 224, eval_resize: int = 256
+) -> ModelInfo:
     return ModelInfo(
         name=name,
         image_size=image_size,
@@ -88,16 +94,14 @@ SPECS: Mapping[str, ResNetSpec] = MappingProxyType(
         # Test variants: same code path (stem, max pool, 4 stages, projections), 32 px, tens of
         # thousands of parameters, so CPU tests can build, run and overfit them in seconds.
         "resnet_tiny": ResNetSpec(
-            _info("resnet_tiny", None, "test variant: basic blocks 1-1-1-1, widths 8-64, 32 px", image_size=32, eval_resize=36),
+            _info("resnet_tiny", None, "test variant: basic blocks 1-1-1-1, widths 8-64, 32 px", **_TINY_INPUT),
             "basic",
             (1, 1, 1, 1),
             widths=(8, 16, 32, 64),
             stem_width=8,
         ),
         "resnet50_tiny": ResNetSpec(
-            _info(
-                "resnet50_tiny", None, "test variant: bottleneck blocks 1-1-1-1, widths 4-32, 32 px", image_size=32, eval_resize=36
-            ),
+            _info("resnet50_tiny", None, "test variant: bottleneck blocks 1-1-1-1, widths 4-32, 32 px", **_TINY_INPUT),
             "bottleneck",
             (1, 1, 1, 1),
             widths=(4, 8, 16, 32),
@@ -115,13 +119,18 @@ class _Layers:
 
     def __init__(self, tf: Any, options: BuildOptions) -> None:
         self.layers = tf.keras.layers
+        self.initializers = tf.keras.initializers
         self.options = options
-        # He et al. 2015 init, fan_out, as torchvision does for ResNet convs (kaiming_normal_).
-        self.conv_init = tf.keras.initializers.VarianceScaling(
-            scale=2.0, mode="fan_out", distribution="untruncated_normal"
-        )
-        # Small logits at init => initial loss ~ log(num_classes) (the tf-models / Caffe choice).
-        self.dense_init = tf.keras.initializers.RandomNormal(stddev=0.01)
+
+    # Initialisers are created per layer: Keras 2 returns the SAME values from an unseeded
+    # initializer instance that is called twice, which would give equally shaped layers equal weights.
+    def conv_init(self) -> Any:
+        """He et al. 2015 init, fan_out, as torchvision does for ResNet convs (kaiming_normal_)."""
+        return self.initializers.VarianceScaling(scale=2.0, mode="fan_out", distribution="untruncated_normal")
+
+    def dense_init(self) -> Any:
+        """Small logits at init, so the initial loss is ~log(num_classes) (the tf-models / Caffe choice)."""
+        return self.initializers.RandomNormal(stddev=0.01)
 
     def conv(self, x: Any, filters: int, kernel: int, stride: int, name: str) -> Any:
         """Conv without bias; symmetric explicit padding for strided convs (torchvision alignment)."""
@@ -137,7 +146,7 @@ class _Layers:
             strides=stride,
             padding=padding,
             use_bias=False,
-            kernel_initializer=self.conv_init,
+            kernel_initializer=self.conv_init(),
             name=name,
         )(x)
 
@@ -204,7 +213,7 @@ def build_model(spec: ResNetSpec, options: BuildOptions) -> "tf.keras.Model":
         x = layers.Dropout(options.dropout, name="dropout")(x)
     # float32 logits even under a mixed policy: softmax/cross-entropy must not run in float16.
     logits = layers.Dense(
-        options.num_classes, kernel_initializer=f.dense_init, dtype="float32", name="logits"
+        options.num_classes, kernel_initializer=f.dense_init(), dtype="float32", name="logits"
     )(x)
     log.debug("resnet %s: final feature map %s", name, x.shape)
     return tf.keras.Model(inputs, logits, name=name)

@@ -22,11 +22,16 @@ class SparkJobError(ImagenetSparkError, RuntimeError):
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    for line in text.splitlines():
-        if "Error" in line or "Exception" in line:
+    """The Python exception line of an executor traceback (``module.Error: message``), else the first line."""
+    lines = str(exc).splitlines()
+    in_traceback = False
+    for line in lines:
+        if "Traceback (most recent call last)" in line:
+            in_traceback = True
+        elif in_traceback and line and not line[0].isspace() and ": " in line:
             return line.strip()[:500]
-    return text.strip().splitlines()[0][:500] if text.strip() else type(exc).__name__
+    text = "\n".join(lines).strip()
+    return text.splitlines()[0][:500] if text else type(exc).__name__
 
 
 class _Progress(threading.Thread):

@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 # Settings every imagenet-spark session wants; a user's spark-defaults/--conf wins for anything set there.
 RECOMMENDED_CONF = {
-    "spark.python.worker.reuse": "false",  # a reused Python worker that loaded TF breaks the next MWMS stage
     "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "1s",
     "spark.sql.execution.arrow.pyspark.enabled": "false",
 }
