@@ -15,7 +15,7 @@ demo: setup  ## fake ImageNet (with quirks and broken files) → partition job v
 	PATH=$(abspath $(VENV))/bin:$$PATH PYSPARK_PYTHON=$(abspath $(PY)) SPARK_LOCAL_IP=127.0.0.1 \
 	  $(VENV)/bin/spark-submit --master 'local[2]' jobs/partition.py --config conf/partition/smoke.yaml \
 	  --input $(DEMO)/raw --output $(DEMO)/dataset --set max_reject_fraction=0.05
-	$(PY) tools/show_dataset.py $(DEMO)/dataset
+	$(PY) -m imagenet_spark summary $(DEMO)/dataset
 
 test: setup  ## the whole suite, slow and cluster tests included (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -102,10 +102,47 @@ def run_fake_data_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def summary_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("dataset", help="a dataset written by the partition job")
+    parser.add_argument("--log-level", default=None)
+    return parser
+
+
+def run_summary_cli(args: argparse.Namespace) -> int:
+    """Print what a person checks first: counts, rejects and why, conversions, bytes, and the shard rule."""
+    from imagenet_spark.data import fs
+    from imagenet_spark.data.schema import read_row_groups_per_file
+
+    manifest_uri = fs.join(args.dataset, "manifest.json")
+    if not fs.exists(manifest_uri):
+        raise ConfigError("dataset", args.dataset, "no manifest.json: not a finished dataset.",
+                          "run jobs/partition.py (or --resume an interrupted run) first.")
+    m = json.loads(fs.read_text(manifest_uri))
+    lines = [f"dataset {args.dataset}  (layout {m['layout']}, {m['num_classes']} classes)"]
+    t = m["totals"]
+    lines.append(f"  inputs {t['inputs']}: written {t['written']}, rejected {t['rejected']}, skipped {t['skipped']}")
+    for split, n in m["split_sizes"].items():
+        groups = read_row_groups_per_file(fs.join(args.dataset, split))
+        lines.append(f"  {split:<10} {n:>8} images in {sum(groups.values()):>6} row groups "
+                     f"(serves up to {sum(groups.values())} workers)")
+    for reject in m["rejects"][:20]:
+        lines.append(f"  rejected  {reject['filename']}: {reject['reason']} ({reject['detail']})")
+    if len(m["rejects"]) > 20:
+        lines.append(f"  ... {len(m['rejects']) - 20} more rejects in manifest.json and rejects/")
+    for kind, n in m["conversion_counts"].items():
+        lines.append(f"  converted {n} x {kind}")
+    b = m["bytes"]
+    lines.append(f"  bytes in {b['input']:,}, out {b['written']:,} ({b['per_image']:,.0f} per image); "
+                 f"wall time {m['wall_time_s']} s")
+    log.info("\n%s", "\n".join(lines))
+    return 0
+
+
 _COMMANDS: dict[str, tuple[str, Callable[..., argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     "partition": ("raw images → Petastorm Parquet (same flags as jobs/partition.py)", partition_parser,
                   run_partition_cli),
     "fake-data": ("write a synthetic, learnable ImageNet-layout tree", fake_data_parser, run_fake_data_cli),
+    "summary": ("print a dataset's counts, rejects, conversions and row groups", summary_parser, run_summary_cli),
 }
 
 
