@@ -24,6 +24,7 @@ import json
 import logging
 import platform
 import posixpath
+import resource
 import tarfile
 import time
 import uuid
@@ -321,6 +322,8 @@ def process_task(task: dict[str, Any], cfg_dict: dict[str, Any], staging: str) -
         "input_bytes": input_bytes,
         "bytes_written": writer.bytes_written,
         "seconds": round(time.monotonic() - started, 3),
+        # Peak RSS of this Python worker so far: the executor-memory figure the manifest reports.
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if written + len(rejects) != expected:
         raise PartitionError(f"task {task['id']}: {expected} inputs but {written} written + {len(rejects)} rejected")
@@ -471,6 +474,7 @@ def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list
         "bytes": {"input": in_bytes, "written": out_bytes,
                   "per_image": round(out_bytes / written, 1) if written else 0},
         "wall_time_s": round(wall_time, 2),
+        "executor_peak_rss_mb": max((r.get("peak_rss_mb", 0) for r in results), default=0),
         "images_per_s": round(inputs / wall_time, 1) if wall_time > 0 else 0,
         "_row_groups_per_file": {s: dict(sorted(v.items())) for s, v in sorted(row_groups.items())},
     }
