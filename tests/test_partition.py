@@ -346,3 +346,41 @@ def test_spark_submit_job_entry_point(tmp_path, ilsvrc):
     bad = subprocess.run(cmd[:-4] + ["--set", "quality=150"], capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 2
     assert "quality=150: JPEG quality must be between 1 and 100" in bad.stdout + bad.stderr
+
+
+@pytest.mark.slow
+def test_tfrecord_shards_in_the_cloud_tpu_format(spark, tmp_path):
+    """--tfrecord: shards named like imagenet_to_gcs's, same feature keys, 1-based labels, every image once."""
+    import tensorflow as tf
+
+    raw = tmp_path / "raw"
+    summary = write_ilsvrc(raw, FakeSpec(**SMALL))
+    dst = tmp_path / "ds"
+    manifest = run_partition(spark, _cfg(raw, dst, tfrecord=True, tfrecord_train_shards=4,
+                                         tfrecord_validation_shards=2))
+    names = sorted(p.name for p in (dst / "tfrecord").iterdir())
+    assert names == [f"train-0000{i}-of-00004" for i in range(4)] + [f"validation-0000{i}-of-00002" for i in range(2)]
+    feature = {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+        "image/class/synset": tf.io.FixedLenFeature([], tf.string),
+        "image/height": tf.io.FixedLenFeature([], tf.int64),
+        "image/width": tf.io.FixedLenFeature([], tf.int64),
+        "image/format": tf.io.FixedLenFeature([], tf.string),
+        "image/filename": tf.io.FixedLenFeature([], tf.string),
+    }
+    index = {line.split("\t")[1]: int(line.split("\t")[0]) for line in (dst / "labels.txt").read_text().splitlines()}
+    seen = []
+    for path in sorted((dst / "tfrecord").glob("train-*")):
+        synsets = set()
+        for raw_record in tf.data.TFRecordDataset(str(path)):
+            ex = tf.io.parse_single_example(raw_record, feature)
+            synset = ex["image/class/synset"].numpy().decode()
+            synsets.add(synset)
+            assert ex["image/class/label"].numpy() == index[synset] + 1
+            img = tf.io.decode_jpeg(ex["image/encoded"])
+            assert img.shape[:2] == (ex["image/height"].numpy(), ex["image/width"].numpy())
+            seen.append(ex["image/filename"].numpy().decode())
+        assert len(synsets) >= 2, "shards are class-mixed"
+    assert len(seen) == len(set(seen)) == sum(summary.counts["train"].values())
+    assert manifest["tfrecord"]["records"] == manifest["split_sizes"]

@@ -10,9 +10,14 @@ grayscale images in both splits, plus palette and alpha images in user datasets.
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import warnings
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from PIL import Image, UnidentifiedImageError
 
@@ -35,6 +40,32 @@ ALPHA = "alpha"
 OTHER_FORMAT = "other_format"
 
 _JPEG_NAMES = (".jpeg", ".jpg", ".jpe")
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def _cv2() -> Any:
+    """OpenCV if installed (it is in the lock): its resize is ~10x faster than Pillow's, which is half the
+    per-image time otherwise. One thread: Spark already runs one task per core."""
+    try:
+        import cv2
+    except ImportError:
+        log.warning("opencv-python-headless not installed: resizing with Pillow (about 2x slower per image)")
+        return None
+    cv2.setNumThreads(1)
+    return cv2
+
+
+def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Downscale an RGB image to ``size``: bicubic below 2x (JPEG draft decoding already did any power-of-two
+    reduction, in the DCT domain), area averaging at 2x and more, so nothing aliases."""
+    cv2 = _cv2()
+    if cv2 is None:
+        return img.resize(size, Image.Resampling.BICUBIC)
+    factor = img.size[0] / size[0]
+    interpolation = cv2.INTER_AREA if factor >= 2.0 else cv2.INTER_CUBIC
+    return Image.fromarray(cv2.resize(np.asarray(img), size, interpolation=interpolation))
 
 
 @dataclass(frozen=True)
@@ -163,7 +194,7 @@ def process_image(
         try:
             rgb = _to_rgb(img, conversions)
             if rgb.size != (out_w, out_h):
-                rgb = rgb.resize((out_w, out_h), Image.Resampling.BICUBIC, reducing_gap=None)
+                rgb = resize(rgb, (out_w, out_h))
             buf = io.BytesIO()
             rgb.save(buf, format="JPEG", quality=quality, optimize=False)
         except (OSError, ValueError) as exc:

@@ -39,6 +39,7 @@ from imagenet_spark import __version__
 from imagenet_spark.config import ConfigError, PartitionConfig, to_dict
 from imagenet_spark.data import fs, images, layouts
 from imagenet_spark.errors import ImagenetSparkError
+from imagenet_spark.data.tfrecord import TFRECORD_DIR
 from imagenet_spark.data.schema import PARTITION_COLUMN, arrow_file_schema, imagenet_schema, write_petastorm_metadata
 
 log = logging.getLogger(__name__)
@@ -493,11 +494,11 @@ def _publish(cfg: PartitionConfig, staging: str, manifest: dict[str, Any], listi
             continue
         write_petastorm_metadata(fs.join(staging, split), schema, files)
     fs.write_text_atomic(fs.join(staging, LABELS), _labels_text(listing))
-    for name in (MANIFEST, LABELS, *layouts.SPLITS, REJECTS):
+    for name in (MANIFEST, LABELS, *layouts.SPLITS, REJECTS, TFRECORD_DIR):
         target = fs.join(cfg.output, name)
         if fs.exists(target):
             fs.delete(target)
-    for name in (*layouts.SPLITS, REJECTS, LABELS):
+    for name in (*layouts.SPLITS, REJECTS, LABELS, TFRECORD_DIR):
         if fs.exists(fs.join(staging, name)):
             fs.move(fs.join(staging, name), fs.join(cfg.output, name))
     public = {k: v for k, v in manifest.items() if not k.startswith("_")}
@@ -549,7 +550,7 @@ def run_partition(spark: Any, cfg: PartitionConfig) -> dict[str, Any]:
             "Fix the inputs, or raise max_reject_fraction (--set max_reject_fraction=...) and rerun with --resume."
         )
     if cfg.tfrecord:
-        from imagenet_spark.data.tfrecord import write_tfrecords
+        from imagenet_spark.data.tfrecord import write_tfrecords  # imports TF on executors only
 
         write_tfrecords(spark, staging, manifest, cfg)
     manifest["wall_time_s"] = round(time.monotonic() - started, 2)
