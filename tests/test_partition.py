@@ -19,6 +19,7 @@ from imagenet_spark.data import images
 from imagenet_spark.data.fake import FakeSpec, write_folders, write_ilsvrc, write_tar
 from imagenet_spark.data.layouts import LayoutError
 from imagenet_spark.data.partition import PartitionError, run_partition
+from imagenet_spark.data.schema import read_row_group_rows
 from imagenet_spark.spark.jobs import SparkJobError
 
 SMALL = dict(num_classes=4, train_per_class=10, val_per_class=3, image_size=(64, 48))
@@ -114,6 +115,8 @@ def test_row_groups_follow_the_documented_rule(ilsvrc_dataset):
             assert all(meta.row_group(i).num_rows == 4 for i in range(meta.num_row_groups - 1))
         assert len(sizes) == manifest["row_groups"][split]
         assert sum(sizes) == manifest["split_sizes"][split]
+        # the sizes the trainer plans equal steps from, stored in _common_metadata, are the real ones
+        assert read_row_group_rows(str(dst / split)) == sizes
 
 
 # petastorm 0.13.1's thread pool can end a num_epochs=1 read early (even at 0 rows) when the consumer thread

@@ -166,7 +166,7 @@ class _TaskWriter:
         self._tmp = self._final = ""
         self._rows_in_file = 0
         self._buffer: dict[str, list[Any]] = {n: [] for n in self._schema.names}
-        self.files: dict[str, int] = {}
+        self.files: dict[str, list[int]] = {}  # relative path -> rows of each row group
         self.bytes_written = 0
 
     def _open(self) -> None:
@@ -176,8 +176,9 @@ class _TaskWriter:
         filesystem, path = fs.resolve(self._tmp)
         filesystem.create_dir(posixpath.dirname(path), recursive=True)
         self._sink = filesystem.open_output_stream(path)
+        # JPEG bytes do not compress; no codec saves CPU on write and on every read.
         self._writer = pq.ParquetWriter(self._sink, self._schema, compression="NONE")
-        self._row_groups = 0
+        self._group_rows: list[int] = []
 
     def add(self, row: dict[str, Any]) -> None:
         if self._writer is None:
@@ -196,7 +197,7 @@ class _TaskWriter:
         table = pa.Table.from_pydict(self._buffer, schema=self._schema)
         assert self._writer is not None
         self._writer.write_table(table, row_group_size=len(self._buffer["image"]))
-        self._row_groups += 1
+        self._group_rows.append(len(self._buffer["image"]))
         self.bytes_written += sum(len(b) for b in self._buffer["image"])
         self._buffer = {n: [] for n in self._schema.names}
 
@@ -207,7 +208,7 @@ class _TaskWriter:
         self._writer.close()
         self._sink.close()
         fs.move(self._tmp, self._final)  # a retried task overwrites the same name: no duplicate rows
-        self.files[posixpath.basename(self._dir) + "/" + posixpath.basename(self._final)] = self._row_groups
+        self.files[posixpath.basename(self._dir) + "/" + posixpath.basename(self._final)] = self._group_rows
         self._writer = None
         self._rows_in_file = 0
         self._index += 1
@@ -435,7 +436,7 @@ def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list
     per_split: dict[str, Counter[str]] = defaultdict(Counter)
     rejects = []
     conversions: dict[str, list[str]] = defaultdict(list)
-    row_groups: dict[str, dict[str, int]] = defaultdict(dict)
+    row_groups: dict[str, dict[str, list[int]]] = defaultdict(dict)
     inputs = written = in_bytes = out_bytes = 0
     for r in sorted(results, key=lambda r: r["id"]):
         inputs += r["inputs"]
@@ -463,7 +464,7 @@ def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list
         "totals": {"inputs": inputs, "written": written, "rejected": len(rejects), "skipped": len(skipped)},
         "counts": {s: dict(sorted(c.items())) for s, c in sorted(per_split.items())},
         "split_sizes": {s: sum(c.values()) for s, c in sorted(per_split.items())},
-        "row_groups": {s: sum(v.values()) for s, v in sorted(row_groups.items())},
+        "row_groups": {s: sum(len(g) for g in v.values()) for s, v in sorted(row_groups.items())},
         "rows_per_row_group": cfg.rows_per_row_group,
         "sharding_rule": "row group i of a split (sorted file order) goes to worker i mod N; "
                          "N workers need at least N row groups",
@@ -476,8 +477,9 @@ def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list
                   "per_image": round(out_bytes / written, 1) if written else 0},
         "wall_time_s": round(wall_time, 2),
         "executor_peak_rss_mb": max((r.get("peak_rss_mb", 0) for r in results), default=0),
+        "executor_seconds": round(sum(r["seconds"] for r in results), 2),
         "images_per_s": round(inputs / wall_time, 1) if wall_time > 0 else 0,
-        "_row_groups_per_file": {s: dict(sorted(v.items())) for s, v in sorted(row_groups.items())},
+        "_row_group_rows": {s: dict(sorted(v.items())) for s, v in sorted(row_groups.items())},
     }
 
 
@@ -489,7 +491,7 @@ def _publish(cfg: PartitionConfig, staging: str, manifest: dict[str, Any], listi
             for entry in fs.list_files(fs.join(staging, name)):
                 if entry.relpath.endswith(".tmp"):
                     fs.delete(entry.uri)
-    for split, files in manifest["_row_groups_per_file"].items():
+    for split, files in manifest["_row_group_rows"].items():
         if not files:  # every input of this split was rejected (the threshold allowed it)
             continue
         write_petastorm_metadata(fs.join(staging, split), schema, files)

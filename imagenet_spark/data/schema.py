@@ -27,10 +27,17 @@ from petastorm.codecs import ScalarCodec
 from petastorm.unischema import Unischema, UnischemaField
 
 from imagenet_spark.data import fs
+from imagenet_spark.errors import ImagenetSparkError
+
+
+class DatasetError(ImagenetSparkError, ValueError):
+    """A dataset is missing, not ours, or cannot serve the requested number of workers."""
 
 # Keys petastorm's readers look up in _common_metadata (petastorm.etl.dataset_metadata).
 UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"
 ROW_GROUPS_PER_FILE_KEY = b"dataset-toolkit.num_row_groups_per_file.v1"
+ROW_GROUP_ROWS_KEY = b"imagenet_spark.row_group_rows.v1"
+FORMAT_KEY = b"imagenet_spark.format_version"
 PARTITION_COLUMN = "synset"
 FORMAT_VERSION = 1
 
@@ -83,14 +90,16 @@ def arrow_file_schema(schema: Unischema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def write_petastorm_metadata(dataset_uri: str, schema: Unischema, row_groups_per_file: dict[str, int]) -> None:
-    """Write ``_common_metadata`` exactly as ``petastorm.etl.dataset_metadata.materialize_dataset`` does
-    (pickled Unischema + row groups per file), without a second Spark job: the partition tasks already
-    reported how many row groups each file has."""
+def write_petastorm_metadata(dataset_uri: str, schema: Unischema, row_group_rows: dict[str, list[int]]) -> None:
+    """Write ``_common_metadata`` as ``petastorm.etl.dataset_metadata.materialize_dataset`` does (pickled
+    Unischema + row groups per file), without its second Spark job: the partition tasks already reported
+    their row groups. We add the rows of every row group, so a trainer can plan equal steps per worker
+    from this one small file instead of opening every Parquet footer."""
     metadata = {
         UNISCHEMA_KEY: pickle.dumps(schema),
-        ROW_GROUPS_PER_FILE_KEY: json.dumps(dict(sorted(row_groups_per_file.items()))).encode(),
-        b"imagenet_spark.format_version": str(FORMAT_VERSION).encode(),
+        ROW_GROUPS_PER_FILE_KEY: json.dumps({k: len(v) for k, v in sorted(row_group_rows.items())}).encode(),
+        ROW_GROUP_ROWS_KEY: json.dumps(dict(sorted(row_group_rows.items()))).encode(),
+        FORMAT_KEY: str(FORMAT_VERSION).encode(),
     }
     arrow = arrow_file_schema(schema).with_metadata(metadata)
     filesystem, path = fs.resolve(fs.join(dataset_uri, "_common_metadata"))
@@ -98,17 +107,31 @@ def write_petastorm_metadata(dataset_uri: str, schema: Unischema, row_groups_per
         pq.write_metadata(arrow, f)
 
 
-def read_row_groups_per_file(dataset_uri: str) -> dict[str, int]:
-    """Row groups per file from ``_common_metadata``; raises ValueError naming the path when absent."""
+def _read_common_metadata(dataset_uri: str) -> dict[bytes, bytes]:
     filesystem, path = fs.resolve(fs.join(dataset_uri, "_common_metadata"))
     try:
         with filesystem.open_input_file(path) as f:
-            meta = pq.read_schema(f).metadata or {}
+            return pq.read_schema(f).metadata or {}
     except FileNotFoundError:
-        raise ValueError(
+        raise DatasetError(
             f"{dataset_uri}: no _common_metadata; not a Petastorm dataset written by jobs/partition.py. "
-            "Fix: run jobs/partition.py on the raw images first."
+            "Fix: run jobs/partition.py on the raw images first (or point --data at its --output)."
         ) from None
+
+
+def read_row_groups_per_file(dataset_uri: str) -> dict[str, int]:
+    """Row groups per file, as petastorm indexes them."""
+    meta = _read_common_metadata(dataset_uri)
     if ROW_GROUPS_PER_FILE_KEY not in meta:
-        raise ValueError(f"{dataset_uri}/_common_metadata lacks the row-group index; not a Petastorm dataset.")
+        raise DatasetError(f"{dataset_uri}/_common_metadata lacks petastorm's row-group index; not a Petastorm dataset.")
     return json.loads(meta[ROW_GROUPS_PER_FILE_KEY])
+
+
+def read_row_group_rows(dataset_uri: str) -> list[int]:
+    """Rows of every row group, in petastorm's order (files sorted by path, then row-group index)."""
+    meta = _read_common_metadata(dataset_uri)
+    if ROW_GROUP_ROWS_KEY not in meta:
+        raise DatasetError(f"{dataset_uri}: not written by imagenet-spark's partition job (no row-group sizes in "
+                           "_common_metadata). Fix: rewrite it with jobs/partition.py.")
+    per_file = json.loads(meta[ROW_GROUP_ROWS_KEY])
+    return [rows for rel in sorted(per_file) for rows in per_file[rel]]

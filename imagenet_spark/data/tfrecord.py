@@ -70,8 +70,8 @@ def write_tfrecords(spark: Any, staging: str, manifest: dict[str, Any], cfg: Any
 
     counts = {"train": cfg.tfrecord_train_shards, "validation": cfg.tfrecord_validation_shards}
     tasks = []
-    for split, files in manifest["_row_groups_per_file"].items():
-        groups = [(rel, g) for rel, n in sorted(files.items()) for g in range(n)]
+    for split, files in manifest["_row_group_rows"].items():
+        groups = [(rel, g) for rel, rows in sorted(files.items()) for g in range(len(rows))]
         shards = counts[split]
         for index in range(shards):
             tasks.append({

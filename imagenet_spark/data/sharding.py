@@ -1,0 +1,59 @@
+"""How a split is shared among N workers, computed from row-group sizes alone (no Spark, no TensorFlow).
+
+Petastorm gives row group ``i`` (files sorted by path) to worker ``i mod N``. Shards are therefore unequal
+whenever row groups are (the last one of every file is short), and collective ops hang at the end of an
+epoch if one worker runs out of batches before the others. So every worker runs exactly
+``steps_per_epoch = floor(min_k rows_k / per_worker_batch)`` steps over a repeated stream: the surplus rows
+of the larger shards are seen in later epochs, never dropped for good.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from imagenet_spark.data.schema import DatasetError
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    split: str
+    workers: int
+    rows_per_worker: tuple[int, ...]
+    row_groups_per_worker: tuple[int, ...]
+    per_worker_batch: int
+    steps_per_epoch: int
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows_per_worker)
+
+
+def plan_shards(row_group_rows: Sequence[int], *, workers: int, per_worker_batch: int, split: str,
+                drop_remainder: bool = True) -> ShardPlan:
+    """Plan worker shards for one split; raises DatasetError with the fix when it cannot serve ``workers``.
+
+    ``drop_remainder=False`` (evaluation) counts the last partial batch, so steps cover the largest shard.
+    """
+    groups = len(row_group_rows)
+    total = sum(row_group_rows)
+    if groups < workers:
+        suggestion = max(1, total // (workers * 4))
+        raise DatasetError(
+            f"{split}: {groups} row groups for {workers} workers; petastorm shards by row group, so each worker "
+            f"needs at least one. Fix: use at most {groups} workers, or rewrite the dataset with "
+            f"--set rows_per_row_group={suggestion} (4 row groups per worker)."
+        )
+    rows = tuple(sum(row_group_rows[k::workers]) for k in range(workers))
+    counts = tuple(len(row_group_rows[k::workers]) for k in range(workers))
+    if drop_remainder:
+        steps = min(rows) // per_worker_batch
+        if steps == 0:
+            raise DatasetError(
+                f"{split}: the smallest worker shard has {min(rows)} images, fewer than one per-worker batch of "
+                f"{per_worker_batch}. Fix: lower --global-batch-size to at most {min(rows) * workers}, or use "
+                "fewer workers."
+            )
+    else:
+        steps = -(-max(rows) // per_worker_batch)
+    return ShardPlan(split, workers, rows, counts, per_worker_batch, steps)
