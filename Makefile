@@ -13,7 +13,7 @@ demo: setup  ## fake ImageNet (with quirks and broken files) → partition job v
 	@rm -rf $(DEMO)
 	$(PY) -m imagenet_spark fake-data --output $(DEMO)/raw --classes 10 --train-per-class 40 --val-per-class 10 --size 96x72 --quirks --broken
 	PATH=$(abspath $(VENV))/bin:$$PATH PYSPARK_PYTHON=$(abspath $(PY)) SPARK_LOCAL_IP=127.0.0.1 \
-	  $(VENV)/bin/spark-submit --master 'local[2]' jobs/partition.py --config conf/partition/smoke.yaml \
+	  $(VENV)/bin/spark-submit --master 'local[2]' --driver-java-options -Dlog4j2.configurationFile=conf/spark/log4j2.properties jobs/partition.py --config conf/partition/smoke.yaml \
 	  --input $(DEMO)/raw --output $(DEMO)/dataset --set max_reject_fraction=0.05
 	$(PY) -m imagenet_spark summary $(DEMO)/dataset
 

@@ -149,7 +149,7 @@ def process_image(
     except UnidentifiedImageError:
         return Rejected(NOT_AN_IMAGE, f"not a recognised image format ({len(data)} bytes)")
     except Image.DecompressionBombError as exc:
-        return Rejected(TOO_MANY_PIXELS, str(exc))
+        return Rejected(TOO_MANY_PIXELS, f"{exc} (refused while reading the header; max_pixels={max_pixels})")
     except (OSError, ValueError, SyntaxError) as exc:
         return Rejected(DECODE_ERROR, f"cannot open: {exc}")
     with img:

@@ -432,12 +432,17 @@ def _labels_text(listing: layouts.Listing) -> str:
 
 
 def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list[dict[str, Any]],
-                   wall_time: float) -> dict[str, Any]:
+                   wall_time: float, resumed: int = 0) -> dict[str, Any]:
+    """The manifest: everything a person or a program needs to trust (or debug) the dataset.
+
+    ``results`` holds every task's result, including those committed by an earlier, interrupted run
+    (``resumed`` of them); rates are computed over the work done by this run only."""
     per_split: dict[str, Counter[str]] = defaultdict(Counter)
     rejects = []
     conversions: dict[str, list[str]] = defaultdict(list)
     row_groups: dict[str, dict[str, list[int]]] = defaultdict(dict)
     inputs = written = in_bytes = out_bytes = 0
+    inputs_now = sum(r["inputs"] for r in results[resumed:])
     for r in sorted(results, key=lambda r: r["id"]):
         inputs += r["inputs"]
         written += r["written"]
@@ -476,9 +481,10 @@ def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list
         "bytes": {"input": in_bytes, "written": out_bytes,
                   "per_image": round(out_bytes / written, 1) if written else 0},
         "wall_time_s": round(wall_time, 2),
+        "resumed_tasks": resumed,
         "executor_peak_rss_mb": max((r.get("peak_rss_mb", 0) for r in results), default=0),
         "executor_seconds": round(sum(r["seconds"] for r in results), 2),
-        "images_per_s": round(inputs / wall_time, 1) if wall_time > 0 else 0,
+        "images_per_s": round(inputs_now / wall_time, 1) if wall_time > 0 else 0,
         "_row_group_rows": {s: dict(sorted(v.items())) for s, v in sorted(row_groups.items())},
     }
 
@@ -540,7 +546,7 @@ def run_partition(spark: Any, cfg: PartitionConfig) -> dict[str, Any]:
     results = list(done.values()) + run_tasks(
         spark, todo, lambda task: process_task(task, cfg_dict, staging),
         description=f"imagenet-spark partition {cfg.input} -> {cfg.output}", num_partitions=cfg.num_partitions)
-    manifest = build_manifest(cfg, listing, results, time.monotonic() - started)
+    manifest = build_manifest(cfg, listing, results, time.monotonic() - started, resumed=len(done))
     totals = manifest["totals"]
     fraction = totals["rejected"] / totals["inputs"] if totals["inputs"] else 1.0
     if totals["written"] == 0 or fraction > cfg.max_reject_fraction:
@@ -557,7 +563,7 @@ def run_partition(spark: Any, cfg: PartitionConfig) -> dict[str, Any]:
         write_tfrecords(spark, staging, manifest, cfg)
     manifest["wall_time_s"] = round(time.monotonic() - started, 2)
     _publish(cfg, staging, manifest, listing)
-    log.info("published %s: %d written, %d rejected, %d skipped, %.1f s (%.0f inputs/s)", cfg.output,
-             totals["written"], totals["rejected"], totals["skipped"], manifest["wall_time_s"],
-             totals["inputs"] / max(manifest["wall_time_s"], 1e-9))
+    log.info("published %s: %d written, %d rejected, %d skipped; %.1f s (%d tasks resumed, %.0f inputs/s)",
+             cfg.output, totals["written"], totals["rejected"], totals["skipped"], manifest["wall_time_s"],
+             len(done), manifest["images_per_s"])
     return {k: v for k, v in manifest.items() if not k.startswith("_")}
