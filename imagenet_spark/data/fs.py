@@ -22,7 +22,7 @@ def normalize(uri: str) -> str:
         return "/dbfs/" + uri[len("dbfs:/"):].lstrip("/")
     for hadoop in ("s3a://", "s3n://"):
         if uri.startswith(hadoop):
-            return "s3://" + uri[len(hadoop):]
+            uri = "s3://" + uri[len(hadoop):]
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
     elif uri.startswith("file:"):
