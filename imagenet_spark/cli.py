@@ -70,6 +70,49 @@ def run_partition_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(
+        prog="jobs/train_barrier.py",
+        description="Train AlexNet/ResNet on a partitioned dataset in a Spark barrier stage (MWMS or Horovod).")
+    parser.add_argument("--data", help="dataset written by jobs/partition.py")
+    parser.add_argument("--model-dir", dest="model_dir", help="checkpoints, metrics, TensorBoard, saved_model")
+    parser.add_argument("--model", help="alexnet, resnet18/34/50/101/152, or a tiny variant")
+    parser.add_argument("--workers", type=int, help="TensorFlow workers = barrier tasks (default 1)")
+    parser.add_argument("--backend", choices=["off", "mirrored", "mwms", "horovod"])
+    parser.add_argument("--epochs", type=float)
+    parser.add_argument("--global-batch-size", dest="global_batch_size", type=int,
+                        help="images per step over all workers; the learning rate scales with it")
+    parser.add_argument("--image-size", dest="image_size", type=int, help="input size (default: the model's)")
+    parser.add_argument("--shard-by", dest="shard_by", choices=["row_group", "synset"])
+    parser.add_argument("--max-retries", dest="max_retries", type=int,
+                        help="relaunches of the barrier stage after a failure, each resuming from a checkpoint")
+    parser.add_argument("--fail-at-step", dest="fail_at_step", type=int,
+                        help="fault injection: rank fail_rank crashes once at this global step")
+    parser.add_argument("--overwrite", action="store_true", default=None,
+                        help="start over in a model dir that holds another run")
+    parser.add_argument("--master", default="local[*]",
+                        help="Spark master when not launched by spark-submit (default local[*])")
+    _common(parser)
+    return parser
+
+
+_TRAIN_FLAGS = ("data", "model_dir", "model", "workers", "backend", "epochs", "global_batch_size", "image_size",
+                "shard_by", "max_retries", "fail_at_step", "overwrite")
+
+
+def run_train_cli(args: argparse.Namespace) -> int:
+    from imagenet_spark.config import TrainConfig
+    from imagenet_spark.spark.barrier import run_training
+    from imagenet_spark.spark.session import build_session, ship_package
+
+    cfg = resolve(TrainConfig, preset=args.config, overrides=args.overrides, explicit=_explicit(args, _TRAIN_FLAGS))
+    spark = build_session("imagenet-spark train", master=args.master)
+    ship_package(spark)
+    result = run_training(spark, cfg)
+    log.info("final: %s", json.dumps(result.get("metrics", {})))
+    return 0
+
+
 def fake_data_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="folder to write")
     parser.add_argument("--layout", default="ilsvrc", choices=["ilsvrc", "tar", "folders", "folders-flat"])
@@ -142,6 +185,7 @@ _COMMANDS: dict[str, tuple[str, Callable[..., argparse.ArgumentParser], Callable
     "partition": ("raw images → Petastorm Parquet (same flags as jobs/partition.py)", partition_parser,
                   run_partition_cli),
     "fake-data": ("write a synthetic, learnable ImageNet-layout tree", fake_data_parser, run_fake_data_cli),
+    "train": ("train in a Spark barrier stage (same flags as jobs/train_barrier.py)", train_parser, run_train_cli),
     "summary": ("print a dataset's counts, rejects, conversions and row groups", summary_parser, run_summary_cli),
 }
 

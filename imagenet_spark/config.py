@@ -256,3 +256,122 @@ class PartitionConfig:
                 raise ConfigError(name, getattr(self, name), "must be at least 1.")
         if self.num_partitions is not None and self.num_partitions < 1:
             raise ConfigError("num_partitions", self.num_partitions, "must be at least 1.")
+
+
+BACKENDS = ("off", "mirrored", "mwms", "horovod")
+SCHEDULES = ("cosine", "step", "constant")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Settings of the training job (``jobs/train_barrier.py``). See conf/train/ for presets.
+
+    The global batch size is canonical: each of the ``workers`` processes gets ``global_batch_size /
+    workers`` images per step, and the learning rate follows the linear scaling rule,
+    ``base_lr * global_batch_size / 256``, whatever the backend.
+    """
+
+    data: str = ""
+    model_dir: str = ""
+    model: str = "resnet50"
+    # Input size; None takes the model's own default (224 for the real models, 32 for the tiny ones).
+    image_size: typing.Optional[int] = None
+    workers: int = 1
+    # off (one process, default device) | mirrored (one process, all local GPUs) | mwms | horovod
+    backend: str = "mwms"
+    epochs: float = 90.0
+    global_batch_size: int = 256
+    # row_group: class-mixed shards (petastorm row group i -> worker i mod N); synset: each worker its own synsets
+    shard_by: str = "row_group"
+    # --- recipe
+    base_lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 5.0
+    schedule: str = "cosine"
+    # step schedule: multiply the rate by step_factor at each of these epochs
+    step_epochs: tuple[float, ...] = (30.0, 60.0, 80.0)
+    step_factor: float = 0.1
+    bn_momentum: float = 0.9
+    dropout: typing.Optional[float] = None
+    batch_norm: typing.Optional[bool] = None
+    precision: str = "float32"
+    xla: bool = False
+    # --- input pipeline
+    seed: int = 0
+    shuffle_buffer: int = 4096
+    reader_workers: int = 4
+    decode_threads: typing.Optional[int] = None
+    # --- evaluation, checkpoints, fault tolerance
+    eval_every_epochs: int = 1
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 3
+    max_retries: int = 2
+    # Fault injection: fail once, on the first attempt, when the global step reaches this (rank fail_rank).
+    fail_at_step: typing.Optional[int] = None
+    fail_rank: int = 0
+    # --- launch
+    barrier_timeout_s: int = 600
+    slots_wait_s: int = 60
+    progress_every_s: float = 10.0
+    horovod_fp16_allreduce: bool = False
+    network_interface: typing.Optional[str] = None
+    # The resume contract: a model dir already holding checkpoints is resumed, never silently restarted.
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        from imagenet_spark.models import available
+
+        if not self.data:
+            raise ConfigError("data", self.data, "no dataset given.", "pass --data DIR written by jobs/partition.py.")
+        if not self.model_dir:
+            raise ConfigError("model_dir", self.model_dir, "no model directory given.", "pass --model-dir DIR.")
+        if self.model not in available():
+            raise ConfigError("model", self.model, "unknown model.", f"choose one of {', '.join(available())}.")
+        if self.backend not in BACKENDS:
+            raise ConfigError("backend", self.backend, f"unknown backend; known: {', '.join(BACKENDS)}.")
+        if self.workers < 1:
+            raise ConfigError("workers", self.workers, "must be at least 1.")
+        if self.backend in ("off", "mirrored") and self.workers != 1:
+            raise ConfigError("backend", self.backend, f"runs one process, but workers={self.workers}.",
+                              "use --backend mwms or horovod for several workers.")
+        if self.global_batch_size < 1 or self.global_batch_size % self.workers:
+            raise ConfigError(
+                "global_batch_size", self.global_batch_size,
+                f"must be a positive multiple of workers={self.workers} (each worker gets an equal share).",
+                f"use {max(self.workers, self.global_batch_size // self.workers * self.workers)} or "
+                f"{(self.global_batch_size // self.workers + 1) * self.workers}.")
+        if self.epochs <= 0:
+            raise ConfigError("epochs", self.epochs, "must be positive.")
+        if self.shard_by not in ("row_group", "synset"):
+            raise ConfigError("shard_by", self.shard_by, "must be row_group or synset.")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError("schedule", self.schedule, f"unknown schedule; known: {', '.join(SCHEDULES)}.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError("precision", self.precision, f"unknown precision; known: {', '.join(PRECISIONS)}.")
+        if self.base_lr <= 0:
+            raise ConfigError("base_lr", self.base_lr, "must be positive.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError("label_smoothing", self.label_smoothing, "must be in [0, 1).")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
+            raise ConfigError("warmup_epochs", self.warmup_epochs, f"must be in [0, epochs={self.epochs}).")
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError("image_size", self.image_size, "must be at least 16 pixels.")
+        if self.max_retries < 0:
+            raise ConfigError("max_retries", self.max_retries, "must be 0 or more.")
+        if self.fail_rank >= self.workers:
+            raise ConfigError("fail_rank", self.fail_rank, f"there are only {self.workers} workers.")
+        if self.checkpoint_every_steps < 0:
+            raise ConfigError("checkpoint_every_steps", self.checkpoint_every_steps, "must be 0 (epochs only) or more.")
+
+    @property
+    def per_worker_batch(self) -> int:
+        return self.global_batch_size // self.workers
+
+    @property
+    def learning_rate(self) -> float:
+        """Peak learning rate by the linear scaling rule (Goyal et al.): base_lr per 256 images."""
+        return self.base_lr * self.global_batch_size / 256

@@ -10,7 +10,7 @@ of the larger shards are seen in later epochs, never dropped for good.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from imagenet_spark.data.schema import DatasetError
 
@@ -53,6 +53,48 @@ def plan_shards(row_group_rows: Sequence[int], *, workers: int, per_worker_batch
                 f"{split}: the smallest worker shard has {min(rows)} images, fewer than one per-worker batch of "
                 f"{per_worker_batch}. Fix: lower --global-batch-size to at most {min(rows) * workers}, or use "
                 "fewer workers."
+            )
+    else:
+        steps = -(-max(rows) // per_worker_batch)
+    return ShardPlan(split, workers, rows, counts, per_worker_batch, steps)
+
+
+def assign_synsets(synsets: Sequence[str], *, workers: int) -> tuple[tuple[str, ...], ...]:
+    """Synsets of each worker for ``shard_by=synset``: sorted synset ``j`` goes to worker ``j mod workers``.
+
+    Round-robin over the sorted names (rather than contiguous blocks) so that the workers' image counts stay
+    close when class sizes drift with the synset order; and it is a pure function of the names, so every
+    worker derives its own list without talking to the others.
+    """
+    ordered = sorted(set(synsets))
+    return tuple(tuple(ordered[k::workers]) for k in range(workers))
+
+
+def plan_synset_shards(rows_per_synset: Mapping[str, int], row_groups_per_synset: Mapping[str, int], *,
+                       workers: int, per_worker_batch: int, split: str, drop_remainder: bool = True) -> ShardPlan:
+    """Plan ``shard_by=synset`` shards (whole classes per worker, see :func:`assign_synsets`).
+
+    Same step rule as :func:`plan_shards`: every worker runs ``floor(min rows / per_worker_batch)`` steps (or
+    covers the largest shard with ``drop_remainder=False``), so collectives never wait on a finished worker.
+    ``row_groups_per_worker`` counts the row groups of each worker's synsets.
+    """
+    synsets = sorted(rows_per_synset)
+    if len(synsets) < workers:
+        raise DatasetError(
+            f"{split}: {len(synsets)} synsets for {workers} workers with shard_by=synset; each worker needs at "
+            f"least one whole class. Fix: use at most {len(synsets)} workers, or --set shard_by=row_group "
+            "(class-mixed shards by row group)."
+        )
+    assignment = assign_synsets(synsets, workers=workers)
+    rows = tuple(sum(rows_per_synset[s] for s in mine) for mine in assignment)
+    counts = tuple(sum(row_groups_per_synset.get(s, 0) for s in mine) for mine in assignment)
+    if drop_remainder:
+        steps = min(rows) // per_worker_batch
+        if steps == 0:
+            raise DatasetError(
+                f"{split}: with shard_by=synset the smallest worker shard has {min(rows)} images, fewer than one "
+                f"per-worker batch of {per_worker_batch}. Fix: lower --global-batch-size to at most "
+                f"{min(rows) * workers}, or use fewer workers."
             )
     else:
         steps = -(-max(rows) // per_worker_batch)

@@ -1,1 +1,1 @@
-"""See the module docstrings."""
+"""Distribution plumbing: worker context, TF_CONFIG, GPU mapping, ports, strategies by name."""

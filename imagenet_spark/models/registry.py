@@ -19,6 +19,8 @@ import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
+from imagenet_spark.errors import ImagenetSparkError
+
 if TYPE_CHECKING:  # pragma: no cover - typing only; TensorFlow is never imported at runtime here.
     import tensorflow as tf
 
@@ -32,7 +34,7 @@ IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 DTYPE_POLICIES: tuple[str, ...] = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ImagenetSparkError, ValueError):
     """``model=<name>`` names no registered model. The message lists the known names."""
 
     def __init__(self, name: object, known: Sequence[str]) -> None:
@@ -41,7 +43,7 @@ class UnknownModelError(ValueError):
         super().__init__(f"model={name!r}: unknown model; known: {', '.join(self.known)}")
 
 
-class ModelOptionError(ValueError):
+class ModelOptionError(ImagenetSparkError, ValueError):
     """A build option has a value the chosen model cannot be built with.
 
     The message names the option, the value, the model and what would be accepted.

@@ -7,10 +7,11 @@ small enough (``images_per_task`` images) that a retry costs seconds, not the wh
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from imagenet_spark.errors import ImagenetSparkError
 
@@ -38,6 +39,7 @@ class _Progress(threading.Thread):
     """Logs ``done/total tasks`` for a job group every ``interval`` seconds, from the driver."""
 
     def __init__(self, sc: Any, group: str, label: str, interval: float = 10.0) -> None:
+        label = label.split(" ")[1] if label.startswith("imagenet-spark ") else label
         super().__init__(daemon=True, name=f"progress-{group}")
         self._sc, self._group, self._label, self._interval = sc, group, label, interval
         self._stop_event = threading.Event()
@@ -60,6 +62,27 @@ class _Progress(threading.Thread):
         self._stop_event.set()
 
 
+@contextlib.contextmanager
+def _job_group(spark: Any, description: str, progress_interval: float | None) -> Iterator[None]:
+    """Run Spark actions under a fresh job group; cancel the group and raise SparkJobError on failure."""
+    sc = spark.sparkContext
+    group = f"imagenet-spark-{uuid.uuid4().hex[:8]}"
+    sc.setJobGroup(group, description, interruptOnCancel=True)
+    progress = None
+    if progress_interval:
+        progress = _Progress(sc, group, description, progress_interval)
+        progress.start()
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - py4j raises Py4JJavaError; we re-raise with context
+        sc.cancelJobGroup(group)
+        raise SparkJobError(f"{description}: Spark job failed: {_first_line(exc)}") from exc
+    finally:
+        if progress is not None:
+            progress.stop()
+        sc.setLocalProperty("spark.jobGroup.id", None)
+
+
 def run_tasks(
     spark: Any,
     tasks: Sequence[dict[str, Any]],
@@ -72,18 +95,15 @@ def run_tasks(
     """``[fn(t) for t in tasks]`` on the executors; tasks are plain dicts, results plain dicts."""
     if not tasks:
         return []
-    sc = spark.sparkContext
-    group = f"imagenet-spark-{uuid.uuid4().hex[:8]}"
-    sc.setJobGroup(group, description, interruptOnCancel=True)
     slices = min(len(tasks), num_partitions) if num_partitions else len(tasks)
-    progress = _Progress(sc, group, description.split(" ")[1] if " " in description else description,
-                         progress_interval)
-    progress.start()
-    try:
-        return sc.parallelize(list(tasks), slices).map(fn).collect()
-    except Exception as exc:  # noqa: BLE001 - py4j raises Py4JJavaError; we re-raise with context
-        sc.cancelJobGroup(group)
-        raise SparkJobError(f"{description}: Spark job failed: {_first_line(exc)}") from exc
-    finally:
-        progress.stop()
-        sc.setLocalProperty("spark.jobGroup.id", None)
+    with _job_group(spark, description, progress_interval):
+        return spark.sparkContext.parallelize(list(tasks), slices).map(fn).collect()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def run_barrier(spark: Any, tasks: int, fn: Callable[[Iterator[Any]], Iterator[Any]], *,
+                description: str) -> list[Any]:
+    """Run ``fn`` as one barrier stage of ``tasks`` tasks (all start together or none does)."""
+    with _job_group(spark, description, None):
+        return spark.sparkContext.parallelize(range(tasks), tasks).barrier().mapPartitions(fn).collect()
+    raise AssertionError("unreachable")  # pragma: no cover

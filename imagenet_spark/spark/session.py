@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 # Settings every imagenet-spark session wants; a user's spark-defaults/--conf wins for anything set there.
 RECOMMENDED_CONF = {
+    # Barrier start-up exchanges must not wait 365 days (Spark's default) for a lost task.
+    "spark.barrier.sync.timeout": "600s",
     "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "1s",
     "spark.sql.execution.arrow.pyspark.enabled": "false",
 }

@@ -1,1 +1,1 @@
-"""See the module docstrings."""
+"""Training: schedules, the per-worker training loop, checkpoints, metrics, export."""

@@ -1,0 +1,110 @@
+"""Distribution backends by name: ``off``, ``mirrored``, ``mwms``, ``horovod``.
+
+Why one small interface instead of branching in the training loop: the loop is written once (a custom
+step over ``tf.GradientTape``) and each backend supplies only what differs: the scope variables live in,
+how a step runs on the replicas, how the loss is averaged, how gradients and metrics are combined across
+workers, and whether this process writes files. The global batch stays canonical for all of them.
+
+TensorFlow and Horovod are imported inside ``make_backend`` (executor side only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable, Iterator
+
+from imagenet_spark.distribute.context import WorkerContext
+from imagenet_spark.errors import ImagenetSparkError
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(ImagenetSparkError, RuntimeError):
+    """A backend cannot start here (e.g. Horovod missing); the message says how to install or choose another."""
+
+
+class Backend:
+    """The TensorFlow distribution strategy behind ``off``, ``mirrored`` and ``mwms``."""
+
+    name = "off"
+
+    def __init__(self, strategy: Any, ctx: WorkerContext) -> None:
+        self.strategy = strategy
+        self.ctx = ctx
+
+    @property
+    def local_replicas(self) -> int:
+        """Replicas (devices) in this process: the per-worker batch is split among them."""
+        return int(self.strategy.num_replicas_in_sync) // max(1, self.workers_in_sync)
+
+    @property
+    def workers_in_sync(self) -> int:
+        return self.ctx.size if self.name == "mwms" else 1
+
+    @property
+    def loss_batch(self) -> Callable[[int], int]:
+        """Per-example losses are summed and divided by this batch: the global batch for in-graph strategies
+        (the strategy sums gradients across replicas), the per-worker batch for Horovod (it averages them)."""
+        return lambda global_batch: global_batch
+
+    def scope(self) -> Any:
+        return self.strategy.scope()
+
+    def distribute(self, make_dataset: Callable[[], Any]) -> Any:
+        return self.strategy.distribute_datasets_from_function(lambda _input_context: make_dataset())
+
+    def run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        return self.strategy.run(fn, args=args)
+
+    @property
+    def replicas_summing_gradients(self) -> int:
+        """Replicas whose gradients are summed into one update (so each adds 1/R of the regularisation):
+        all replicas for TF strategies; one for Horovod, which averages instead of summing."""
+        return int(self.strategy.num_replicas_in_sync)
+
+    def reduce_gradients(self, grads: Any) -> Any:
+        """TF strategies all-reduce inside ``apply_gradients``; Horovod does it here."""
+        return grads
+
+    def after_first_step(self, model: Any, optimizer: Any) -> None:
+        """Hook for backends that must broadcast initial state after variables exist (Horovod)."""
+
+    def sum_across_workers(self, value: float) -> float:
+        """Sync-on-read metrics are already reduced across workers by the strategy."""
+        return value
+
+    @contextlib.contextmanager
+    def writer_scope(self) -> Iterator[None]:
+        yield
+
+
+def _mwms(ctx: WorkerContext) -> Any:
+    import tensorflow as tf
+
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def make_backend(name: str, ctx: WorkerContext) -> Backend:
+    """Create the backend; must run before any other TensorFlow op (MWMS configures collectives at startup)."""
+    import tensorflow as tf
+
+    if name == "off":
+        backend = Backend(tf.distribute.get_strategy(), ctx)
+    elif name == "mirrored":
+        backend = Backend(tf.distribute.MirroredStrategy(), ctx)
+        backend.name = "mirrored"
+    elif name == "mwms":
+        backend = Backend(_mwms(ctx), ctx)
+        backend.name = "mwms"
+    elif name == "horovod":
+        from imagenet_spark.distribute.horovod_backend import make_horovod_backend
+
+        return make_horovod_backend(ctx)
+    else:
+        raise BackendError(f"backend={name!r}: unknown; known: off, mirrored, mwms, horovod.")
+    log.info("backend %s: %d replicas in sync, %d in this process", backend.name,
+             backend.strategy.num_replicas_in_sync, backend.local_replicas)
+    return backend

@@ -1,0 +1,31 @@
+"""Pick a free TCP port on this host's address, and recognise when TensorFlow lost it anyway.
+
+Bind-then-close can race with another process taking the port before TensorFlow binds it (TensorFlow's
+gRPC server refuses SO_REUSEPORT, so the port cannot be held across the hand-over). The worker detects
+the failed bind ("Could not start gRPC server") and exits with PORT_CONFLICT_EXIT; the barrier task turns
+that into a PortConflictError and the driver relaunches the stage with fresh ports, without counting it
+against --max-retries, instead of leaving the other ranks waiting for a peer that never comes.
+"""
+
+from __future__ import annotations
+
+import socket
+
+PORT_CONFLICT_EXIT = 75  # EX_TEMPFAIL
+
+
+def free_port(host: str) -> int:
+    """A port that is free on ``host`` right now (the kernel's choice; no fixed port ranges)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def hold_port(host: str, port: int) -> socket.socket:
+    """Bind and listen on ``host:port`` (for fault injection: make the port look taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.bind((host, port))
+    s.listen(1)
+    return s

@@ -1,0 +1,245 @@
+"""Launch training in a Spark barrier stage: one TensorFlow worker per task, retried by the driver.
+
+What this module gets right, each one a way real launchers hang or fail late:
+
+* Gang scheduling: a barrier stage waits until every task has a slot. We check slots >= workers up front
+  (waiting a bounded time for executors to register) and that dynamic allocation is off, and fail with the
+  numbers and the fix instead of waiting forever.
+* Spark never retries a failed barrier ResultStage, so the driver does: up to ``max_retries`` times, each
+  attempt resuming from the newest checkpoint. A port lost between picking and binding is relaunched
+  without counting against the retries.
+* Every task makes exactly one ``allGather`` (host and port), on every path, so no task waits for a peer
+  that took another branch. Local mode reports the same host:port for every task, so we take only the
+  host from ``getTaskInfos`` and pick the port ourselves.
+* GPUs: the task's Spark GPU addresses, mapped through any CUDA_VISIBLE_DEVICES the executor already has,
+  are set before TensorFlow loads (in the worker subprocess).
+* Progress reaches the driver console while training runs; the job group is cancelled on any failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from typing import Any, Iterator
+
+from imagenet_spark.config import TrainConfig, to_dict
+from imagenet_spark.distribute.cluster import (Endpoint, LaunchError, gpu_addresses, host_layout, split_host_port,
+                                               tf_config, visible_gpus)
+from imagenet_spark.distribute.context import WorkerContext
+from imagenet_spark.distribute.launch import run_worker_process
+from imagenet_spark.distribute.ports import free_port, hold_port
+from imagenet_spark.distribute.progress import ProgressServer, format_progress
+from imagenet_spark.spark.jobs import SparkJobError, run_barrier
+from imagenet_spark.train.loop import RunPlan, read_metrics
+from imagenet_spark.train.planning import make_run_plan, prepare_model_dir
+
+log = logging.getLogger(__name__)
+
+_PORT_CONFLICT_RETRIES = 3
+
+
+class TrainingFailedError(LaunchError):
+    """Training failed more often than ``max_retries`` allows."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Cluster checks (driver)
+
+
+def _local_slots(master: str) -> int | None:
+    m = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", master)
+    if m:
+        n = m.group(1)
+        return os.cpu_count() or 1 if n in (None, "*") else int(n) if n else 1
+    m = re.fullmatch(r"local-cluster\[(\d+),\s*(\d+),\s*\d+\]", master)
+    if m:
+        return int(m.group(1)) * int(m.group(2))
+    return None
+
+
+def available_slots(spark: Any) -> int:
+    """Barrier task slots the cluster has right now (what Spark itself checks for gang scheduling)."""
+    sc = spark.sparkContext
+    jsc = sc._jsc.sc()
+    try:
+        profile = jsc.resourceProfileManager().defaultResourceProfile()
+        return int(jsc.maxNumConcurrentTasks(profile))
+    except Exception:  # noqa: BLE001 - py4j: private API shape differs across Spark versions
+        return int(sc.defaultParallelism)
+
+
+def check_cluster(spark: Any, cfg: TrainConfig) -> int:
+    """Fail fast, with the fix, on settings that make barrier training hang or fail late. Returns the slots."""
+    conf = spark.sparkContext.getConf()
+    if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+        raise LaunchError("spark.dynamicAllocation.enabled=true: barrier stages need a fixed set of executors. "
+                          "Fix: --conf spark.dynamicAllocation.enabled=false.")
+    gpu_amount = conf.get("spark.task.resource.gpu.amount", None)
+    if gpu_amount and not conf.get("spark.executor.resource.gpu.discoveryScript", None) \
+            and not spark.sparkContext.master.startswith("local"):
+        raise LaunchError(f"spark.task.resource.gpu.amount={gpu_amount} but no "
+                          "spark.executor.resource.gpu.discoveryScript: executors cannot report their GPUs. Fix: "
+                          "set the discovery script (conf/spark/getGpusResources.sh) and "
+                          "spark.executor.resource.gpu.amount.")
+    sync = conf.get("spark.barrier.sync.timeout", None)
+    if sync is None:
+        log.warning("spark.barrier.sync.timeout is unset (365 days): a lost task could stall the start-up exchange "
+                    "for a year. Set it (our sessions use %s s).", cfg.barrier_timeout_s)
+    master = spark.sparkContext.master
+    deadline = time.monotonic() + cfg.slots_wait_s
+    local = _local_slots(master)
+    while True:
+        slots = local if local is not None and master.startswith("local[") else available_slots(spark)
+        if slots >= cfg.workers:
+            return slots
+        if time.monotonic() >= deadline:
+            task_cpus = conf.get("spark.task.cpus", "1")
+            raise LaunchError(
+                f"workers={cfg.workers} needs {cfg.workers} barrier task slots, but the cluster has {slots} "
+                f"(master {master}, spark.task.cpus={task_cpus}, waited {cfg.slots_wait_s} s for executors). Fix: "
+                f"use --workers {max(1, slots)}, or give the cluster more executors/cores.")
+        time.sleep(1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# The barrier task (executor)
+
+
+def _barrier_task(spec: dict[str, Any], _partition: Iterator[Any]) -> Iterator[str]:
+    from pyspark import BarrierTaskContext
+
+    ctx = BarrierTaskContext.get()
+    rank = ctx.partitionId()
+    infos = ctx.getTaskInfos()
+    host = spec.get("host_override") or split_host_port(infos[rank].address)[0]
+    env: dict[str, str] = {}
+    try:
+        gpus = visible_gpus(gpu_addresses(ctx.resources()), os.environ.get("CUDA_VISIBLE_DEVICES"))
+        port = free_port(host)
+        problem = ""
+    except (LaunchError, OSError) as exc:  # still take part in the exchange, then fail together
+        gpus, port, problem = "", 0, str(exc)
+    gathered = [json.loads(m) for m in ctx.allGather(json.dumps({"rank": rank, "host": host, "port": port,
+                                                                 "problem": problem}))]
+    problems = [f"rank {g['rank']}: {g['problem']}" for g in gathered if g["problem"]]
+    if problems:
+        raise LaunchError("; ".join(problems))
+    endpoints = sorted((Endpoint(g["rank"], g["host"], g["port"]) for g in gathered), key=lambda e: e.rank)
+    layout = host_layout([e.host for e in endpoints], rank)
+    wctx = WorkerContext(rank=rank, size=len(endpoints), local_rank=layout.local_rank, local_size=layout.local_size,
+                         cross_rank=layout.cross_rank, cross_size=layout.cross_size, host=host,
+                         attempt=spec["attempt"])
+    if spec["config"]["backend"] == "mwms":
+        env["TF_CONFIG"] = tf_config(endpoints, rank)
+    if gpus or spec.get("has_gpu_resources"):
+        env["CUDA_VISIBLE_DEVICES"] = gpus
+    held = None
+    if spec.get("inject_port_conflict_rank") == rank and spec["attempt"] == 0:
+        held = hold_port(host, port)  # fault injection: the exchanged port is taken before TF binds it
+    try:
+        result = run_worker_process({**spec, "ctx": wctx.to_dict()}, env=env, rank=rank)
+    finally:
+        if held is not None:
+            held.close()
+    if rank == 0:
+        yield json.dumps(result)
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver
+
+
+def _driver_host(spark: Any) -> str:
+    conf = spark.sparkContext.getConf()
+    return conf.get("spark.driver.bindAddress", None) or conf.get("spark.driver.host", None) or "127.0.0.1"
+
+
+def _progress_logger(state: dict[str, Any]) -> Any:
+    def on_message(msg: dict[str, Any]) -> None:
+        state["last"] = msg
+        try:
+            log.info("%s", format_progress(msg))
+        except (KeyError, TypeError, ValueError):
+            log.info("progress: %s", msg)
+
+    return on_message
+
+
+def _checkpoint_position(cfg: TrainConfig, plan: RunPlan) -> int:
+    """Global step of the newest checkpoint (0 when none), from the checkpoint file names."""
+    from imagenet_spark.data import fs
+
+    ckpt = fs.join(cfg.model_dir, "checkpoints")
+    if not fs.exists(ckpt):
+        return 0
+    steps = [int(m.group(1)) for e in fs.list_dir(ckpt) if (m := re.match(r"ckpt-(\d+)\.index$", e.relpath))]
+    return max(steps, default=0)
+
+
+def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int | None = None) -> dict[str, Any]:
+    """Plan, check, launch, retry. Returns the chief's final result plus the attempts' history."""
+    plan = make_run_plan(cfg)
+    mode = prepare_model_dir(cfg)
+    if mode == "resume":
+        log.info("model_dir %s holds a run: resuming it (checkpoint at step %d)", cfg.model_dir,
+                 _checkpoint_position(cfg, plan))
+    on_driver = cfg.workers == 1 and spark.sparkContext.master.startswith("local")
+    if not on_driver:
+        slots = check_cluster(spark, cfg)
+        log.info("cluster: %d barrier slots for %d workers", slots, cfg.workers)
+    state: dict[str, Any] = {}
+    attempts: list[dict[str, Any]] = []
+    failures = port_conflicts = 0
+    attempt = 0
+    with ProgressServer(_driver_host(spark), _progress_logger(state)) as progress:
+        while True:
+            spec = {"config": to_dict(cfg), "plan": plan.to_dict(), "attempt": attempt,
+                    "progress": progress.endpoint(), "log_level": logging.getLevelName(log.getEffectiveLevel()),
+                    "inject_port_conflict_rank": inject_port_conflict_rank,
+                    "has_gpu_resources": bool(spark.sparkContext.getConf().get("spark.task.resource.gpu.amount",
+                                                                                None))}
+            started = time.monotonic()
+            ckpt_before = _checkpoint_position(cfg, plan)
+            try:
+                if on_driver:
+                    result = run_worker_process({**spec, "ctx": WorkerContext(attempt=attempt).to_dict()}, env={},
+                                                rank=0)
+                else:
+                    outputs = run_barrier(spark, cfg.workers, lambda it: _barrier_task(spec, it),
+                                          description=f"imagenet-spark train {cfg.model} attempt {attempt}")
+                    result = json.loads(outputs[0])
+                attempts.append({"attempt": attempt, "status": "ok", "seconds": round(time.monotonic() - started, 1)})
+                break
+            except (SparkJobError, LaunchError) as exc:
+                text = str(exc)
+                reached = int(state.get("last", {}).get("global_step", ckpt_before))
+                ckpt_after = _checkpoint_position(cfg, plan)
+                record = {"attempt": attempt, "status": "failed", "seconds": round(time.monotonic() - started, 1),
+                          "error": text.splitlines()[0][:300], "resume_from_step": ckpt_after,
+                          "last_reported_step": reached, "steps_lost_at_most": max(0, reached - ckpt_after)}
+                attempts.append(record)
+                if "PortConflictError" in text or "taken before it could bind" in text:
+                    port_conflicts += 1
+                    if port_conflicts > _PORT_CONFLICT_RETRIES:
+                        raise TrainingFailedError(f"ports kept being taken between exchange and bind "
+                                                  f"({port_conflicts} times): {text.splitlines()[0]}") from exc
+                    log.warning("attempt %d: a worker's port was taken before TensorFlow bound it; relaunching with "
+                                "fresh ports (not counted against max_retries)", attempt)
+                else:
+                    failures += 1
+                    if failures > cfg.max_retries:
+                        raise TrainingFailedError(
+                            f"training failed {failures} times (max_retries={cfg.max_retries}); last error: "
+                            f"{text.splitlines()[0][:500]}. Checkpoints are in {cfg.model_dir}/checkpoints: rerun "
+                            "the same command to resume.") from exc
+                    log.warning("attempt %d failed after %.0f s: %s; retry %d/%d resumes from the checkpoint at "
+                                "step %d (at most %d steps lost)", attempt, record["seconds"], record["error"],
+                                failures, cfg.max_retries, ckpt_after, record["steps_lost_at_most"])
+                attempt += 1
+    result["attempts"] = attempts
+    result["history"] = read_metrics(cfg.model_dir)
+    log.info("training finished: %s", json.dumps(result.get("metrics", {})))
+    return result

@@ -1,0 +1,341 @@
+"""The training loop one worker runs: the same code for every backend and for ``--workers 1``.
+
+Why a custom loop over ``GradientTape`` rather than ``model.fit``: we need exact control of the things
+distributed ImageNet training gets wrong: every worker runs the same number of steps per epoch (from the
+shard plan), evaluation counts every validation image exactly once (weighted sums, not per-worker
+means), a run resumes mid-epoch from the newest checkpoint, faults can be injected at a given step,
+and progress reaches the Spark driver while training runs. Several steps run inside one ``tf.function``
+(``steps_per_loop``) so the Python overhead per step stays negligible; ``bench/train_step.py`` measures
+it against ``model.fit``.
+
+The loop sees a :class:`WorkerContext` and a backend, never environment variables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from imagenet_spark.config import TrainConfig
+from imagenet_spark.data import fs
+from imagenet_spark.data.sharding import ShardPlan
+from imagenet_spark.distribute.context import WorkerContext
+from imagenet_spark.errors import ImagenetSparkError
+from imagenet_spark.train.schedules import keras_schedule, make_schedule
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.json"
+TENSORBOARD = "tensorboard"
+SAVED_MODEL = "saved_model"
+LABELS = "labels.txt"
+INJECTED_CRASH_EXIT = 13
+
+Reporter = Callable[[dict[str, Any]], None]
+
+
+class TrainingError(ImagenetSparkError, RuntimeError):
+    """Training cannot continue as configured; the message names the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything the driver resolved for the workers: plain values, picklable, JSON-able."""
+
+    num_classes: int
+    image_size: int
+    eval_resize: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    train: ShardPlan
+    validation: ShardPlan | None
+    steps_per_epoch: int
+    total_steps: int
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunPlan":
+        val = d.get("validation")
+        return cls(
+            num_classes=d["num_classes"], image_size=d["image_size"], eval_resize=d["eval_resize"],
+            mean=tuple(d["mean"]), std=tuple(d["std"]),  # type: ignore[arg-type]
+            train=ShardPlan(**{**d["train"], "rows_per_worker": tuple(d["train"]["rows_per_worker"]),
+                               "row_groups_per_worker": tuple(d["train"]["row_groups_per_worker"])}),
+            validation=ShardPlan(**{**val, "rows_per_worker": tuple(val["rows_per_worker"]),
+                                    "row_groups_per_worker": tuple(val["row_groups_per_worker"])}) if val else None,
+            steps_per_epoch=d["steps_per_epoch"], total_steps=d["total_steps"],
+        )
+
+
+def read_metrics(model_dir: str) -> list[dict[str, Any]]:
+    uri = fs.join(model_dir, METRICS)
+    return json.loads(fs.read_text(uri)) if fs.exists(uri) else []
+
+
+def _steps_per_loop(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    return max(1, min(50, steps_per_epoch))
+
+
+def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Reporter | None = None) -> dict[str, Any]:
+    """Train (or resume) to ``cfg.epochs``; the chief writes checkpoints, metrics, TensorBoard and the export.
+
+    Returns the final metrics (on every rank; only the chief's is used).
+    """
+    from imagenet_spark.distribute.backends import make_backend
+
+    backend = make_backend(cfg.backend, ctx)  # before any other TensorFlow op
+    import tensorflow as tf
+
+    from imagenet_spark.data.reader import eval_dataset, train_dataset
+    from imagenet_spark.models import build, decay_variables
+
+    tf.keras.utils.set_random_seed(cfg.seed)
+    per_worker = cfg.per_worker_batch
+    if per_worker % backend.local_replicas:
+        raise TrainingError(f"global_batch_size={cfg.global_batch_size}: the per-worker batch {per_worker} does not "
+                            f"split over the {backend.local_replicas} devices of each worker. Fix: make it a multiple "
+                            f"of {cfg.workers * backend.local_replicas}.")
+    schedule = make_schedule(peak_lr=cfg.learning_rate, steps_per_epoch=plan.steps_per_epoch, epochs=cfg.epochs,
+                             warmup_epochs=cfg.warmup_epochs, kind=cfg.schedule, step_epochs=cfg.step_epochs,
+                             step_factor=cfg.step_factor)
+    with backend.scope():
+        model = build(cfg.model, num_classes=plan.num_classes, image_size=plan.image_size, batch_norm=cfg.batch_norm,
+                      dropout=cfg.dropout, bn_momentum=cfg.bn_momentum, dtype_policy=cfg.precision)
+        optimizer: Any = tf.keras.optimizers.SGD(learning_rate=keras_schedule(schedule), momentum=cfg.momentum,
+                                                 nesterov=cfg.nesterov)
+        if cfg.precision == "mixed_float16":
+            optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+        sums = {name: tf.keras.metrics.Sum(name=name) for name in
+                ("loss", "top1", "top5", "count", "val_loss", "val_top1", "val_top5", "val_count")}
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch",
+                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch",
+                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    decay = decay_variables(model)
+    top_k = min(5, plan.num_classes)
+    smoothing = cfg.label_smoothing
+    loss_batch = backend.loss_batch(cfg.global_batch_size)
+
+    def per_example_loss(labels: Any, logits: Any, label_smoothing: float) -> Any:
+        return tf.keras.losses.categorical_crossentropy(labels, logits, from_logits=True,
+                                                        label_smoothing=label_smoothing)
+
+    def correct(labels: Any, logits: Any, k: int) -> Any:
+        return tf.cast(tf.math.in_top_k(tf.argmax(labels, -1), logits, k), tf.float32)
+
+    def forward_backward(images: Any, labels: Any) -> tuple[Any, Any, Any]:
+        """Local gradients of this replica's share of the global-batch loss (XLA-compilable: no collectives)."""
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(images, training=True), tf.float32)
+            per_example = per_example_loss(labels, logits, smoothing)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=loss_batch)
+            if cfg.weight_decay and decay:
+                # L2 on conv/dense kernels only (not BN, not biases); each replica adds its 1/R share.
+                l2 = cfg.weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in decay])
+                loss += l2 / backend.replicas_summing_gradients
+            scaled = optimizer.get_scaled_loss(loss) if cfg.precision == "mixed_float16" else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        if cfg.precision == "mixed_float16":
+            grads = optimizer.get_unscaled_gradients(grads)
+        return grads, per_example, logits
+
+    compiled_forward_backward = tf.function(forward_backward, jit_compile=True) if cfg.xla else forward_backward
+
+    def train_step(images: Any, labels: Any) -> None:
+        grads, per_example, logits = compiled_forward_backward(images, labels)
+        grads = backend.reduce_gradients(grads)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        sums["loss"].update_state(tf.reduce_sum(per_example))
+        sums["top1"].update_state(tf.reduce_sum(correct(labels, logits, 1)))
+        sums["top5"].update_state(tf.reduce_sum(correct(labels, logits, top_k)))
+        sums["count"].update_state(tf.cast(tf.shape(labels)[0], tf.float32))
+
+    def eval_step(images: Any, labels: Any, weights: Any) -> None:
+        logits = tf.cast(model(images, training=False), tf.float32)
+        sums["val_loss"].update_state(tf.reduce_sum(per_example_loss(labels, logits, 0.0) * weights))
+        sums["val_top1"].update_state(tf.reduce_sum(correct(labels, logits, 1) * weights))
+        sums["val_top5"].update_state(tf.reduce_sum(correct(labels, logits, top_k) * weights))
+        sums["val_count"].update_state(tf.reduce_sum(weights))
+
+    @tf.function
+    def train_steps(iterator: Any, n: Any) -> None:
+        for _ in tf.range(n):
+            backend.run(train_step, next(iterator))
+
+    @tf.function
+    def eval_steps(iterator: Any, n: Any) -> None:
+        for _ in tf.range(n):
+            backend.run(eval_step, next(iterator))
+
+    # --- checkpoints and resume
+    ckpt_dir = fs.join(cfg.model_dir, CHECKPOINTS)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, step_in_epoch=step_var)
+    manager = tf.train.CheckpointManager(checkpoint, _local_or_uri(ckpt_dir), max_to_keep=cfg.keep_checkpoints)
+    latest = tf.train.latest_checkpoint(_local_or_uri(ckpt_dir))
+    if latest:
+        checkpoint.restore(latest).expect_partial()
+        log.info("rank %d: resumed from %s (epoch %d, step %d)", ctx.rank, latest, int(epoch_var.numpy()),
+                 int(step_var.numpy()))
+
+    def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
+        epoch_var.assign(epoch)
+        step_var.assign(step_in_epoch)
+        if ctx.is_chief:
+            path = manager.save(checkpoint_number=epoch * plan.steps_per_epoch + step_in_epoch)
+            log.info("checkpoint %s (epoch %d, step %d)", path, epoch, step_in_epoch)
+        else:  # every worker must take part (collectives); only the chief's copy is kept
+            tmp = tempfile.mkdtemp(prefix=f"ckpt-rank{ctx.rank}-")
+            checkpoint.write(os.path.join(tmp, "ckpt"))
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    start_epoch, start_step = int(epoch_var.numpy()), int(step_var.numpy())
+    total_steps = plan.total_steps
+    global_step = start_epoch * plan.steps_per_epoch + start_step
+    if global_step >= total_steps:
+        log.info("rank %d: checkpoint already at the planned %d steps; nothing to train", ctx.rank, total_steps)
+    history = read_metrics(cfg.model_dir)[:start_epoch] if ctx.is_chief else []
+
+    seed = cfg.seed + 7919 * ctx.attempt  # a resumed attempt reshuffles instead of replaying the same batches
+    train_ds = backend.distribute(lambda: train_dataset(
+        data=cfg.data, cfg=cfg, ctx=ctx, plan=plan.train, num_classes=plan.num_classes,
+        image_size=plan.image_size, mean=plan.mean, std=plan.std, seed=seed))
+    iterator = iter(train_ds)
+    val_ds = None
+    if plan.validation is not None:
+        val_ds = backend.distribute(lambda: eval_dataset(
+            data=cfg.data, ctx=ctx, plan=plan.validation, num_classes=plan.num_classes, image_size=plan.image_size,
+            eval_resize=plan.eval_resize, mean=plan.mean, std=plan.std))
+    writer = tf.summary.create_file_writer(_local_or_uri(fs.join(cfg.model_dir, TENSORBOARD))) if ctx.is_chief else None
+    steps_per_loop = _steps_per_loop(cfg, plan.steps_per_epoch)
+    epochs_total = math.ceil(total_steps / plan.steps_per_epoch)
+    run_started = time.monotonic()
+    last_report = 0.0
+    first = True
+    last: dict[str, Any] = history[-1] if history else {}
+
+    for epoch in range(start_epoch, epochs_total):
+        epoch_steps = min(plan.steps_per_epoch, total_steps - epoch * plan.steps_per_epoch)
+        step = start_step if epoch == start_epoch else 0
+        for name in ("loss", "top1", "top5", "count"):
+            sums[name].reset_state()
+        epoch_started = time.monotonic()
+        steps_run = 0
+        while step < epoch_steps:
+            n = min(steps_per_loop, epoch_steps - step)
+            if cfg.checkpoint_every_steps:
+                n = min(n, cfg.checkpoint_every_steps - global_step % cfg.checkpoint_every_steps)
+            if cfg.fail_at_step is not None and ctx.attempt == 0 and global_step < cfg.fail_at_step:
+                n = min(n, cfg.fail_at_step - global_step)
+            train_steps(iterator, tf.constant(n))
+            running_loss = _ratio(backend, sums["loss"], sums["count"])  # a collective: every rank reads it
+            if first:
+                backend.after_first_step(model, optimizer)
+                first = False
+            step += n
+            steps_run += n
+            global_step += n
+            if cfg.fail_at_step is not None and ctx.attempt == 0 and global_step == cfg.fail_at_step \
+                    and ctx.rank == cfg.fail_rank:
+                log.error("fail_at_step=%d: rank %d exits on purpose (fault injection)", global_step, ctx.rank)
+                os._exit(INJECTED_CRASH_EXIT)  # a crash, not an exception: nothing is flushed or saved
+            if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0 and step < epoch_steps:
+                save_checkpoint(epoch, step)
+            now = time.monotonic()
+            if report and ctx.is_chief and now - last_report >= cfg.progress_every_s:
+                last_report = now
+                elapsed = now - epoch_started
+                rate = steps_run * cfg.global_batch_size / max(elapsed, 1e-9)
+                done = global_step / total_steps
+                report({"event": "progress", "epoch": epoch + 1, "epochs": epochs_total, "step": step,
+                        "steps": epoch_steps, "global_step": global_step, "total_steps": total_steps,
+                        "loss": running_loss, "images_per_s": round(rate, 1),
+                        "eta_s": round((now - run_started) / max(done, 1e-9) * (1 - done), 1) if done else None})
+        train_time = time.monotonic() - epoch_started
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "global_step": global_step,
+            "loss": _ratio(backend, sums["loss"], sums["count"]),
+            "top1": _ratio(backend, sums["top1"], sums["count"]),
+            "top5": _ratio(backend, sums["top5"], sums["count"]),
+            "images_per_s": round(steps_run * cfg.global_batch_size / max(train_time, 1e-9), 1),
+            "learning_rate": round(schedule(global_step - 1), 6),
+            "train_time_s": round(train_time, 2),
+            "attempt": ctx.attempt,
+        }
+        is_last = epoch == epochs_total - 1
+        if val_ds is not None and ((epoch + 1) % cfg.eval_every_epochs == 0 or is_last):
+            for name in ("val_loss", "val_top1", "val_top5", "val_count"):
+                sums[name].reset_state()
+            eval_steps(iter(val_ds), tf.constant(plan.validation.steps_per_epoch))  # type: ignore[union-attr]
+            record.update({
+                "val_loss": _ratio(backend, sums["val_loss"], sums["val_count"]),
+                "val_top1": _ratio(backend, sums["val_top1"], sums["val_count"]),
+                "val_top5": _ratio(backend, sums["val_top5"], sums["val_count"]),
+                "val_images": int(round(backend.sum_across_workers(float(sums["val_count"].result())))),
+            })
+        record["wall_time_s"] = round(time.monotonic() - epoch_started, 2)
+        save_checkpoint(epoch + 1, 0)
+        last = record
+        if ctx.is_chief:
+            history.append(record)
+            fs.write_text_atomic(fs.join(cfg.model_dir, METRICS), json.dumps(history, indent=1))
+            assert writer is not None
+            with writer.as_default(step=global_step):
+                for key, value in record.items():
+                    if isinstance(value, float):
+                        tf.summary.scalar(key, value)
+            writer.flush()
+            log.info("epoch %d/%d: %s", epoch + 1, epochs_total, json.dumps(record))
+            if report:
+                report({"event": "epoch", **record, "epochs": epochs_total})
+        start_step = 0
+
+    # Reading the weights is a collective under MWMS (batch-norm statistics are sync-on-read): every rank
+    # reads them, then only the chief exports, from a strategy-free copy.
+    weights = model.get_weights()
+    if ctx.is_chief:
+        _export(cfg, plan, weights)
+    return {"metrics": last, "epochs": len(history) if ctx.is_chief else None, "global_step": global_step}
+
+
+def _ratio(backend: Any, total: Any, count: Any) -> float:
+    """Global ratio of two summed metrics (exact across workers: sums, not means of means)."""
+    c = backend.sum_across_workers(float(count.result()))
+    t = backend.sum_across_workers(float(total.result()))
+    return round(t / c, 6) if c else float("nan")
+
+
+def _local_or_uri(uri: str) -> str:
+    """TensorFlow's file APIs take local paths or their own URIs (hdfs://, gs://); strip our ``file:``."""
+    return fs.normalize(uri) if "://" not in fs.normalize(uri) else uri
+
+
+def _export(cfg: TrainConfig, plan: RunPlan, weights: list[Any]) -> None:
+    """Export the serving SavedModel from a strategy-free copy of the trained model (no collectives needed)."""
+    import tensorflow as tf
+
+    from imagenet_spark.models import build
+    from imagenet_spark.train.export import export_saved_model
+
+    with tf.distribute.get_strategy().scope():
+        plain = build(cfg.model, num_classes=plan.num_classes, image_size=plan.image_size, batch_norm=cfg.batch_norm,
+                      dropout=cfg.dropout, bn_momentum=cfg.bn_momentum, dtype_policy=cfg.precision)
+    plain.set_weights(weights)
+    labels_uri = fs.join(cfg.model_dir, LABELS)
+    labels = fs.read_text(labels_uri) if fs.exists(labels_uri) else None
+    export_saved_model(plain, _local_or_uri(fs.join(cfg.model_dir, SAVED_MODEL)), model_name=cfg.model,
+                       image_size=plan.image_size, eval_resize=plan.eval_resize, mean=plan.mean, std=plan.std,
+                       labels_txt=labels)
+    log.info("exported %s", fs.join(cfg.model_dir, SAVED_MODEL))

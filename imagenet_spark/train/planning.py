@@ -1,0 +1,86 @@
+"""Driver-side planning of a training run: everything checked and computed before any executor starts.
+
+Why on the driver: a dataset with too few row groups, a batch that does not split, a model dir holding a
+different run: each of these would otherwise surface minutes later, inside an executor log, as a hang or
+a cryptic TensorFlow error. No Spark and no TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from imagenet_spark.config import TrainConfig, to_dict
+from imagenet_spark.data import fs
+from imagenet_spark.data.schema import DatasetError
+from imagenet_spark.models import info as model_info
+from imagenet_spark.train.loop import CHECKPOINTS, LABELS, METRICS, SAVED_MODEL, TENSORBOARD, RunPlan
+from imagenet_spark.train.schedules import steps_for
+
+log = logging.getLogger(__name__)
+
+CONFIG_JSON = "config.json"
+# Settings that may change when resuming a run (everything else must match the run being resumed).
+_RESUMABLE = {"epochs", "max_retries", "fail_at_step", "fail_rank", "progress_every_s", "slots_wait_s",
+              "barrier_timeout_s", "overwrite", "checkpoint_every_steps", "keep_checkpoints", "reader_workers",
+              "decode_threads", "eval_every_epochs", "network_interface"}
+
+
+def make_run_plan(cfg: TrainConfig) -> RunPlan:
+    from imagenet_spark.data.reader import load_plan
+
+    manifest_uri = fs.join(cfg.data, "manifest.json")
+    if not fs.exists(manifest_uri):
+        hint = " (an interrupted partition run: rerun it with --resume)" if fs.exists(fs.join(cfg.data, "_staging")) \
+            else ""
+        raise DatasetError(f"data={cfg.data!r}: no manifest.json, so not a finished dataset{hint}. Fix: point --data at "
+                           "the --output of jobs/partition.py.")
+    labels = [line for line in fs.read_text(fs.join(cfg.data, LABELS)).splitlines() if line.strip()]
+    info = model_info(cfg.model)
+    image_size = cfg.image_size or info.image_size
+    eval_resize = info.eval_resize if cfg.image_size is None else max(image_size, round(image_size / 0.875))
+    train = load_plan(cfg.data, "train", workers=cfg.workers, per_worker_batch=cfg.per_worker_batch,
+                      shard_by=cfg.shard_by, drop_remainder=True)
+    validation = None
+    if fs.exists(fs.join(cfg.data, "validation", "_common_metadata")):
+        validation = load_plan(cfg.data, "validation", workers=cfg.workers, per_worker_batch=cfg.per_worker_batch,
+                               drop_remainder=False)
+    total = steps_for(cfg.epochs, train.steps_per_epoch)
+    plan = RunPlan(num_classes=len(labels), image_size=image_size, eval_resize=eval_resize, mean=info.mean,
+                   std=info.std, train=train, validation=validation, steps_per_epoch=train.steps_per_epoch,
+                   total_steps=total)
+    log.info("plan: %d classes, %d train images -> %d workers x %d per step, %d steps/epoch, %d steps total; "
+             "peak lr %.4g (base %.4g x %d/256); validation %s", plan.num_classes, train.total_rows, cfg.workers,
+             cfg.per_worker_batch, train.steps_per_epoch, total, cfg.learning_rate, cfg.base_lr,
+             cfg.global_batch_size, f"{validation.total_rows} images" if validation else "none")
+    return plan
+
+
+def prepare_model_dir(cfg: TrainConfig) -> str:
+    """Start, resume or refuse: returns "new" or "resume". A model dir with checkpoints of another config is
+    refused (resuming it would silently mix runs) unless --overwrite."""
+    config_uri = fs.join(cfg.model_dir, CONFIG_JSON)
+    has_state = fs.exists(fs.join(cfg.model_dir, CHECKPOINTS)) or fs.exists(config_uri)
+    if has_state and cfg.overwrite:
+        for name in (CHECKPOINTS, TENSORBOARD, METRICS, SAVED_MODEL, LABELS, CONFIG_JSON):
+            if fs.exists(fs.join(cfg.model_dir, name)):
+                fs.delete(fs.join(cfg.model_dir, name))
+        has_state = False
+    mode = "new"
+    current = to_dict(cfg)
+    if has_state and fs.exists(config_uri):
+        previous: dict[str, Any] = json.loads(fs.read_text(config_uri))
+        changed = sorted(k for k in current if k not in _RESUMABLE and previous.get(k) != current[k]
+                         and not (isinstance(current[k], tuple) and list(current[k]) == previous.get(k)))
+        if changed:
+            key = changed[0]
+            raise DatasetError(f"model_dir={cfg.model_dir!r} holds a run with {key}={previous.get(key)!r}, not "
+                               f"{current[key]!r}. Fix: resume with the same settings, pass --overwrite to start "
+                               "over, or use another --model-dir.")
+        mode = "resume"
+    fs.make_dirs(cfg.model_dir)
+    fs.write_text_atomic(config_uri, json.dumps(current, indent=1))
+    labels = fs.read_text(fs.join(cfg.data, LABELS))
+    fs.write_text_atomic(fs.join(cfg.model_dir, LABELS), labels)
+    return mode

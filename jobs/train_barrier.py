@@ -1,0 +1,13 @@
+"""spark-submit jobs/train_barrier.py --data DATASET --model-dir DIR --model resnet50 --workers N --backend mwms
+       --epochs E --global-batch-size B [--image-size S] [--config conf/train/...] [--set k=v ...]
+
+Trains in a Spark barrier stage, one TensorFlow worker per task, resuming from checkpoints after failures,
+and exports a serving SavedModel. Thin entry point: the work is in imagenet_spark.spark.barrier.
+"""
+
+import sys
+
+from imagenet_spark.cli import run_command, train_parser
+
+if __name__ == "__main__":
+    sys.exit(run_command("train", train_parser().parse_args()))
