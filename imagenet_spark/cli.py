@@ -113,6 +113,29 @@ def run_train_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def predict_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model-dir", dest="model_dir", required=True,
+                        help="a training run's --model-dir (saved_model/ + labels.txt)")
+    parser.add_argument("inputs", nargs="+", help="image files or folders; with --output: one folder or a dataset")
+    parser.add_argument("--top-k", dest="top_k", type=int, default=5, help="classes per image (default 5)")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=None,
+                        help="images per model call (default 32 locally, 64 on Spark)")
+    parser.add_argument("--output", default=None,
+                        help="batch inference on Spark: write Parquet predictions here instead of printing them")
+    parser.add_argument("--split", default="validation", help="split of a dataset source (default validation)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--master", default="local[*]",
+                        help="Spark master when not launched by spark-submit (default local[*])")
+    parser.add_argument("--log-level", default=None)
+    return parser
+
+
+def run_predict_cli(args: argparse.Namespace) -> int:
+    from imagenet_spark.train import export
+
+    return export.run_predict_cli(args)
+
+
 def fake_data_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="folder to write")
     parser.add_argument("--layout", default="ilsvrc", choices=["ilsvrc", "tar", "folders", "folders-flat"])
@@ -186,6 +209,8 @@ _COMMANDS: dict[str, tuple[str, Callable[..., argparse.ArgumentParser], Callable
                   run_partition_cli),
     "fake-data": ("write a synthetic, learnable ImageNet-layout tree", fake_data_parser, run_fake_data_cli),
     "train": ("train in a Spark barrier stage (same flags as jobs/train_barrier.py)", train_parser, run_train_cli),
+    "predict": ("top-k classes for images, or batch inference on Spark with --output", predict_parser,
+                run_predict_cli),
     "summary": ("print a dataset's counts, rejects, conversions and row groups", summary_parser, run_summary_cli),
 }
 

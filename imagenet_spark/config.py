@@ -357,7 +357,8 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("label_smoothing", self.label_smoothing, "must be in [0, 1).")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
-            raise ConfigError("warmup_epochs", self.warmup_epochs, f"must be in [0, epochs={self.epochs}).")
+            raise ConfigError("warmup_epochs", self.warmup_epochs, f"must be in [0, epochs={self.epochs}).",
+                              f"pass --set warmup_epochs={min(5.0, self.epochs / 2):g} (or 0).")
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError("image_size", self.image_size, "must be at least 16 pixels.")
         if self.max_retries < 0:

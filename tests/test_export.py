@@ -7,10 +7,13 @@ step inside the exported graph (channels, normalisation, crop) shows up as wrong
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -133,6 +136,11 @@ _LOADER = textwrap.dedent("""
             "sums": out["probabilities"].numpy().sum(axis=1).tolist(),
             "argmax": out["probabilities"].numpy().argmax(axis=1).tolist(),
         }
+        try:
+            fn(image_bytes=images, key=keys[:1])
+            report[name]["mismatch"] = "accepted"
+        except tf.errors.InvalidArgumentError as exc:
+            report[name]["mismatch"] = str(exc)
     print("REPORT" + json.dumps(report))
 """)
 
@@ -159,6 +167,7 @@ def test_serving_contract_in_a_process_without_imagenet_spark(model_dir, samples
         assert r["keys"] == spec["images"]
         assert np.allclose(r["sums"], 1.0, atol=1e-5)
         assert r["classes"] == r["argmax"]
+        assert "image_bytes and key must have the same length" in r["mismatch"]
     assert report["trained"]["classes"] == [cls for _, cls, *_ in SAMPLES]
 
 
@@ -253,6 +262,26 @@ def test_predict_files_ranks_with_names(model_dir, samples, tmp_path):
         export.predict_files(str(model_dir), paths, top_k=0)
     with pytest.raises(PredictError, match=r"1 of 2 paths are not files: .*missing\.png"):
         export.predict_files(str(model_dir), [paths[0], str(tmp_path / "missing.png")])
+
+
+def test_predict_command_prints_top_k(model_dir, samples, caplog):
+    parser = export.predict_parser(argparse.ArgumentParser())
+    args = parser.parse_args([str(model_dir), str(samples[0].parent), "--top-k", "2"])
+    with caplog.at_level(logging.INFO, logger="imagenet_spark.train.export"):
+        assert export.run_predict_cli(args) == 0
+    text = "\n".join(r.getMessage() for r in caplog.records if r.getMessage().startswith("predictions:"))
+    assert f"{samples[0]}\n  " in text and text.count(f"  {SYNSETS[0]}  tench, Tinca tinca") >= 2
+
+
+def test_predict_on_spark_checks_before_starting(spark, model_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    (bad / "labels.txt").write_text(LABELS_TXT + "4\tn99999999\textra\n")
+    with pytest.raises(ModelDirError, match=r"the model has 4 classes but labels.txt has 5"):
+        export.predict_on_spark(spark, str(bad), str(tmp_path), str(tmp_path / "out"))
+    with pytest.raises(PredictError, match=r"no images .* and not a dataset"):
+        export.predict_on_spark(spark, str(model_dir), str(tmp_path / "bad" / "saved_model" / "variables"),
+                                str(tmp_path / "out"))
 
 
 PREDICTION_COLUMNS = ["key", "filename", "class", "synset", "name", "probability", "top_k_synsets",

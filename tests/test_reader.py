@@ -206,3 +206,44 @@ def test_not_a_dataset_names_the_path(tmp_path):
     (tmp_path / "train" / "part-0.parquet").write_bytes(b"PAR1")
     with pytest.raises(DatasetError, match=rf"{tmp_path}/train: no _common_metadata"):
         reader.load_plan(str(tmp_path), "train", workers=1, per_worker_batch=1)
+
+
+def test_synset_plans_round_robin_sorted_synsets():
+    from imagenet_spark.data.sharding import assign_synsets, plan_synset_shards
+
+    assert assign_synsets(["n3", "n1", "n2", "n4", "n5"], workers=2) == (("n1", "n3", "n5"), ("n2", "n4"))
+    plan = plan_synset_shards({"n1": 10, "n2": 7, "n3": 5}, {"n1": 3, "n2": 2, "n3": 2}, workers=2,
+                              per_worker_batch=4, split="train")
+    assert plan.rows_per_worker == (15, 7) and plan.row_groups_per_worker == (5, 2) and plan.steps_per_epoch == 1
+    with pytest.raises(DatasetError, match=r"smallest worker shard has 7 images.*at most 14"):
+        plan_synset_shards({"n1": 10, "n2": 7}, {}, workers=2, per_worker_batch=8, split="train")
+    assert reader.synset_of("synset=n01440764/part-00000.parquet") == "n01440764"
+    with pytest.raises(DatasetError, match="not under a 'synset=<wnid>/' directory"):
+        reader.synset_of("part-00000.parquet")
+
+
+def test_close_wakes_a_consumer_blocked_inside_the_reader(dataset):
+    """petastorm 0.13.1: once stopped, a consumer already waiting in get_results polls forever; the TF prefetch
+    thread would be that consumer and its iterator would hang on destruction. close() must end it."""
+    import queue
+    import threading
+
+    plan = reader.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH)
+    inp = _train(dataset, _cfg(dataset), 0, plan)
+    pool = inp.reader._workers_pool  # noqa: SLF001 - simulating the race needs petastorm's internals
+    pool._stop_event.set()  # workers stop producing while the reader still counts as running
+    for worker in pool._workers:
+        worker.join()
+    for results in pool._results_queues:
+        while True:
+            try:
+                results.get_nowait()
+            except queue.Empty:
+                break
+    consumer = threading.Thread(target=lambda: list(reader._row_group_source(inp.reader)()), daemon=True)
+    consumer.start()
+    consumer.join(0.5)
+    assert consumer.is_alive()  # blocked inside the reader
+    inp.close()
+    consumer.join(5)
+    assert not consumer.is_alive()

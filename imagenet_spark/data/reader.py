@@ -27,7 +27,9 @@ you trust.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -106,8 +108,9 @@ def _check_split(data: str, split: str) -> str:
         raise DatasetError(f"data={data!r}: no such directory. Fix: pass --data DIR, the --output of "
                            "jobs/partition.py (it holds train/, validation/ and manifest.json).")
     if not fs.is_dir(uri):
-        raise DatasetError(f"{uri}: missing; {data} is not a dataset written by jobs/partition.py (expected train/, "
-                           "validation/ and manifest.json). Fix: run jobs/partition.py and pass its --output as --data.")
+        raise DatasetError(f"{uri}: missing; {data} is not a dataset written by jobs/partition.py (expected "
+                           "train/, validation/ and manifest.json). Fix: run jobs/partition.py and pass its --output "
+                           "as --data.")
     return uri
 
 
@@ -196,15 +199,53 @@ def _mix_seed(seed: int, rank: int, salt: int) -> int:
 # Training: petastorm stream
 
 
+class _ReaderClosed(Exception):
+    """Put into petastorm's result queues on close, to wake a consumer blocked inside the reader."""
+
+
 def _close_reader(reader: Any) -> None:
     """Stop and join petastorm's worker and ventilator threads (idempotent). Called on close, on garbage
-    collection of the dataset, or at interpreter exit (``weakref.finalize``), whichever comes first."""
+    collection of the dataset, or at interpreter exit (``weakref.finalize``), whichever comes first.
+
+    Petastorm 0.13.1's thread pool, once stopped, leaves a consumer that is already waiting for a row group
+    polling forever (the items still queued for the stopped workers are never "done"): that consumer is a
+    TensorFlow prefetch thread, and the iterator owning it would hang on destruction. A ``_ReaderClosed``
+    in every result queue makes the pool raise it to that consumer, which ends the stream.
+    """
     try:
         if not getattr(reader, "stopped", False):
             reader.stop()
+        for results in getattr(getattr(reader, "_workers_pool", None), "_results_queues", ()):
+            with contextlib.suppress(queue.Full):
+                results.put_nowait(_ReaderClosed())
         reader.join()
     except Exception:  # noqa: BLE001 - closing must never raise at exit; log what went wrong instead
         log.warning("closing the petastorm reader failed", exc_info=True)
+
+
+def _row_group_source(reader: Any) -> Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]:
+    """A generator function over the reader's row groups, as ``(images object[n], labels int32[n])``.
+
+    What ``petastorm.tf_utils.make_petastorm_dataset`` does for a batch reader, minus two things we must not
+    have: it ends the stream with an error when the reader is stopped while TensorFlow's prefetch threads are
+    still pulling (the normal state at exit or after ``close()``), where this one ends it quietly; and its
+    ``reset()`` path for a re-created iterator, which does not apply to an infinite stream (a new iterator
+    simply continues the same stream).
+    """
+
+    def rows() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        while not reader.stopped:
+            try:
+                group = next(reader)
+            except (StopIteration, _ReaderClosed):
+                return
+            except RuntimeError:
+                if reader.stopped:  # closed under us: end the stream, nobody is reading it any more
+                    return
+                raise
+            yield group.image, np.asarray(group.label, np.int32)
+
+    return rows
 
 
 @dataclass
@@ -238,8 +279,9 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
 
     Elements: ``(images float32 [b, S, S, 3], labels one-hot float32 [b, num_classes])``, ``b =
     plan.per_worker_batch``, full batches only. The stream never ends: take ``plan.steps_per_epoch`` batches
-    per epoch from ONE iterator (``model.fit(..., steps_per_epoch=plan.steps_per_epoch)`` keeps one). A second
-    iterator over the same dataset would share the reader and split its rows; build a new stream instead.
+    per epoch (``model.fit(..., steps_per_epoch=plan.steps_per_epoch)``). All iterators of the dataset share
+    one reader: a new iterator continues the stream where the last one left it, and two iterators alive at
+    once would split its rows between them (build a second stream instead).
 
     Reproducible for a given ``seed``: petastorm's row-group order, the shuffle buffer and every image's crop
     and flip (stateless ops keyed by ``(seed, rank)`` and the element's position in the stream) are all derived
@@ -249,7 +291,6 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
     """
     import tensorflow as tf
     from petastorm import make_batch_reader
-    from petastorm.tf_utils import make_petastorm_dataset
 
     _check_plan(plan, ctx)
     groups = row_groups(data, plan.split)
@@ -282,6 +323,10 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
             schema_fields=list(TRAIN_FIELDS),
             reader_pool_type="thread",
             workers_count=cfg.reader_workers,
+            # Five row groups per reader thread: the reader outruns decoding by an order of magnitude (see
+            # bench/input_pipeline.py), so a deeper queue would only hold memory (petastorm's default, 50 row
+            # groups, is ~350 MB of full-size ImageNet JPEGs per worker process).
+            results_queue_size=5 * cfg.reader_workers,
             num_epochs=None,
             shuffle_row_groups=True,
             seed=_mix_seed(seed, ctx.rank, _SALT_PETASTORM),
@@ -299,8 +344,8 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
             image = preprocess_train(row[0], image_size=image_size, mean=mean, std=std, seed=element_seed)
             return image, tf.one_hot(row[1], num_classes, dtype=tf.float32)
 
-        ds = make_petastorm_dataset(reader)  # one element per row group: (image string [n], label int32 [n])
-        ds = ds.map(lambda row: (row.image, tf.cast(row.label, tf.int32)))
+        ds = tf.data.Dataset.from_generator(_row_group_source(reader), output_signature=(
+            tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)))  # one element per row group
         ds = ds.unbatch()
         if cfg.shuffle_buffer > 1:
             ds = ds.shuffle(cfg.shuffle_buffer, seed=shuffle_seed)

@@ -180,7 +180,8 @@ def _num_classes(model: "tf.keras.Model", image_size: int) -> int:
 
 def _serving_module(model: "tf.keras.Model", *, image_size: int, eval_resize: int, mean: tuple[float, ...],
                     std: tuple[float, ...], assets: dict[str, str]) -> tuple[Any, int]:
-    """(module, number of classes): a tf.Module holding the model's variables, the assets and the ``serve`` function of the contract.
+    """``(module, number of classes)``: a tf.Module holding the model's variables, the assets and the
+    ``serve`` function of the contract.
 
     Why ``tf.cond`` on the batch size: an empty batch would otherwise reach the convolutions with an
     unknown-shaped empty tensor, which oneDNN rejects; an empty request must give empty outputs.
@@ -303,8 +304,8 @@ def export_saved_model(
             assets[LABELS] = os.path.join(scratch, LABELS)
             with open(assets[LABELS], "w", encoding="utf-8") as f:
                 f.write(labels_txt)
-        module, num_classes = _serving_module(model, image_size=image_size, eval_resize=eval_resize, mean=mean_t, std=std_t,
-                                 assets=assets)
+        module, num_classes = _serving_module(model, image_size=image_size, eval_resize=eval_resize, mean=mean_t,
+                                              std=std_t, assets=assets)
         info["num_classes"] = num_classes
         if labels is not None and len(labels) != num_classes:
             raise ExportError(f"labels_txt: {len(labels)} classes but model {model_name} has {num_classes} "
@@ -574,6 +575,18 @@ def _dataset_split(source: str, split: str) -> tuple[str, str | None] | None:
     return None
 
 
+def _check_labels_on_driver(saved_model: str, labels: Sequence[tuple[str, str]]) -> None:
+    """Compare labels.txt with the class count the export recorded, so a mismatch fails on the driver in
+    milliseconds instead of in every executor task after TensorFlow has loaded."""
+    info_uri = fs.join(saved_model, "assets", MODEL_INFO)
+    if not fs.is_file(info_uri):  # exported by something else: the executors check against the signature
+        return
+    num_classes = json.loads(fs.read_text(info_uri)).get("num_classes")
+    if num_classes is not None and num_classes != len(labels):
+        raise ModelDirError(f"{saved_model}: the model has {num_classes} classes but labels.txt has {len(labels)}; "
+                            "copy the labels.txt of the dataset the model was trained on")
+
+
 def predict_on_spark(
     spark: Any,
     model_dir: str,
@@ -609,6 +622,7 @@ def predict_on_spark(
         raise PredictError(f"num_partitions={num_partitions!r}: must be a positive integer or None (automatic)")
     saved_model = _saved_model_dir(model_dir)
     labels = load_labels(model_dir)
+    _check_labels_on_driver(saved_model, labels)
     if fs.exists(output) and not overwrite:
         raise PredictError(f"output {output}: already exists; choose another output or pass overwrite=True "
                            "(--overwrite) to replace it")

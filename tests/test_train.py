@@ -1,0 +1,178 @@
+"""Training end to end on real Spark (local[2] barrier stages, local-cluster) with real TensorFlow on CPU.
+
+fake data → partition job → 2-worker MWMS training → export → predict through the serving signature;
+resume after an injected crash; a port taken between exchange and bind; a second training in the same
+SparkContext; and the misconfigurations that must fail fast with the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imagenet_spark.config import ConfigError, PartitionConfig, TrainConfig, resolve, to_dict
+from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
+from imagenet_spark.data.partition import run_partition
+from imagenet_spark.data.schema import DatasetError
+from imagenet_spark.distribute.cluster import LaunchError
+from imagenet_spark.spark.barrier import run_training
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = 4
+
+
+@pytest.fixture(scope="module")
+def dataset(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    write_ilsvrc(root / "raw", FakeSpec(num_classes=CLASSES, train_per_class=60, val_per_class=15,
+                                        image_size=(48, 40), size_jitter=0.1, seed=3))
+    cfg = resolve(PartitionConfig, explicit=dict(input=str(root / "raw"), output=str(root / "ds"), resize_short=40,
+                                                 images_per_task=16, rows_per_row_group=8))
+    run_partition(spark, cfg)
+    return root / "ds"
+
+
+def _train_cfg(data: Path, model_dir: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), model_dir=str(model_dir), model="resnet_tiny", workers=2, backend="mwms", epochs=3,
+                global_batch_size=32, base_lr=0.4, warmup_epochs=1, seed=1, slots_wait_s=5, progress_every_s=1)
+    base.update(kw)
+    return resolve(TrainConfig, explicit=base)
+
+
+@pytest.mark.slow
+def test_two_workers_train_export_and_predict(spark, dataset, tmp_path):
+    model_dir = tmp_path / "m"
+    result = run_training(spark, _train_cfg(dataset, model_dir, epochs=6))
+    history = json.loads((model_dir / "metrics.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
+    for record in history:
+        assert record["val_images"] == 60, "every validation image counted exactly once per evaluation"
+        assert {"loss", "top1", "top5", "images_per_s", "wall_time_s", "val_top1", "val_top5"} <= set(record)
+    assert history[-1]["val_top1"] >= 0.75, [r["val_top1"] for r in history]  # chance is 0.25
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert result["metrics"]["global_step"] == history[-1]["global_step"] == 6 * history[0]["global_step"]
+    assert (model_dir / "labels.txt").read_text() == (dataset / "labels.txt").read_text()
+    assert list((model_dir / "tensorboard").iterdir())
+    # the exported model, in a process that never imports imagenet_spark, through the serving signature, on the
+    # raw validation images (not the partitioned ones): same accuracy means the same preprocessing as in training
+    raw = dataset.parent / "raw"
+    script = ("import sys, pathlib, tensorflow as tf; m = tf.saved_model.load(sys.argv[1]);"
+              "f = m.signatures['serving_default']; raw = pathlib.Path(sys.argv[2]);"
+              "files = sorted((raw / 'validation').iterdir()); labels = (raw / 'synset_labels.txt').read_text().split();"
+              "classes = sorted(set(labels)); out = f(image_bytes=tf.constant([p.read_bytes() for p in files]),"
+              " key=tf.constant([p.name for p in files]));"
+              "acc = sum(int(c) == classes.index(l) for c, l in zip(out['classes'].numpy(), labels)) / len(files);"
+              "print(sorted(out), out['probabilities'].shape, out['key'].numpy()[0].decode() == files[0].name, acc)")
+    proc = subprocess.run([sys.executable, "-c", script, str(model_dir / "saved_model"), str(raw)],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("['classes', 'key', 'probabilities'] (60, 4) True "), line
+    assert abs(float(line.rsplit(" ", 1)[1]) - history[-1]["val_top1"]) <= 0.1, (line, history[-1])
+    image = next((raw / "train" / "n01443537").iterdir())
+    # predict command: top-5 (here top-4) with synset ids and human names
+    proc = subprocess.run([sys.executable, "-m", "imagenet_spark", "predict", "--model-dir", str(model_dir),
+                           str(image)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "n01443537" in proc.stdout + proc.stderr and "goldfish" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_resume_after_injected_crash_reaches_the_planned_epochs(spark, dataset, tmp_path):
+    """Rank 0 dies at step 10 (os._exit, like a lost executor); the driver relaunches the barrier stage and the
+    run resumes from the newest checkpoint. Also the second training in this SparkContext (fresh TF per task)."""
+    model_dir = tmp_path / "m"
+    result = run_training(spark, _train_cfg(dataset, model_dir, checkpoint_every_steps=4, fail_at_step=10))
+    failed, ok = result["attempts"]
+    assert failed["status"] == "failed" and "exited with code 13" in failed["error"]
+    assert failed["resume_from_step"] == 8 and failed["steps_lost_at_most"] <= 4
+    assert ok["status"] == "ok"
+    history = json.loads((model_dir / "metrics.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3], "metrics continuous: each epoch once"
+    assert [r["attempt"] for r in history] == [0, 1, 1]
+    assert history[-1]["global_step"] == 21 and history[-1]["val_images"] == 60
+    # the same command again: the run is complete, nothing to redo, the export is still there
+    again = run_training(spark, _train_cfg(dataset, model_dir, checkpoint_every_steps=4, fail_at_step=10))
+    assert again["attempts"] == [{"attempt": 0, "status": "ok", "seconds": again["attempts"][0]["seconds"]}]
+    assert (model_dir / "saved_model" / "saved_model.pb").exists()
+
+
+@pytest.mark.slow
+def test_port_taken_between_exchange_and_bind_is_relaunched(spark, dataset, tmp_path):
+    result = run_training(spark, _train_cfg(dataset, tmp_path / "m", epochs=1, warmup_epochs=0, max_retries=0),
+                          inject_port_conflict_rank=1)
+    assert [a["status"] for a in result["attempts"]] == ["failed", "ok"]
+    assert "taken before it could bind" in result["attempts"][0]["error"]
+
+
+def test_single_worker_runs_on_the_driver(spark, dataset, tmp_path):
+    model_dir = tmp_path / "m"
+    result = run_training(spark, _train_cfg(dataset, model_dir, workers=1, backend="off", epochs=1,
+                                            warmup_epochs=0, global_batch_size=16))
+    assert result["metrics"]["val_images"] == 60
+    assert (model_dir / "saved_model" / "saved_model.pb").exists()
+
+
+def test_misconfigurations_fail_fast_with_the_fix(spark, dataset, tmp_path):
+    with pytest.raises(ConfigError, match=r"global_batch_size=33: must be a positive multiple of workers=2.*use 32"):
+        _train_cfg(dataset, tmp_path / "m", global_batch_size=33)
+    with pytest.raises(ConfigError, match=r"model='resnet51': unknown model. Fix: choose one of alexnet"):
+        _train_cfg(dataset, tmp_path / "m", model="resnet51")
+    with pytest.raises(LaunchError, match=r"workers=3 needs 3 barrier task slots, but the cluster has 2.*--workers 2"):
+        run_training(spark, _train_cfg(dataset, tmp_path / "m", workers=3, global_batch_size=30, slots_wait_s=0))
+    with pytest.raises(DatasetError, match=r"validation: 8 row groups for 9 workers.*rows_per_row_group"):
+        run_training(spark, _train_cfg(dataset, tmp_path / "m", workers=9, global_batch_size=36))
+    with pytest.raises(DatasetError, match=r"no manifest.json, so not a finished dataset"):
+        run_training(spark, _train_cfg(tmp_path / "nothing", tmp_path / "m"))
+    with pytest.raises(DatasetError, match=r"smallest worker shard has \d+ images.*--global-batch-size"):
+        run_training(spark, _train_cfg(dataset, tmp_path / "m", global_batch_size=512))
+    # a model dir holding another run is not silently mixed with this one
+    run_dir = tmp_path / "other"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(to_dict(_train_cfg(dataset, run_dir, model="alexnet_tiny"))))
+    with pytest.raises(DatasetError, match=r"holds a run with model='alexnet_tiny', not 'resnet_tiny'.*--overwrite"):
+        run_training(spark, _train_cfg(dataset, run_dir))
+
+
+def _submit(args: list[str], tmp_path: Path, master: str = "local[2]", conf: tuple[str, ...] = ()) -> \
+        subprocess.CompletedProcess:
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1",
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", master,
+           "--driver-java-options", f"-Dlog4j2.configurationFile={REPO / 'conf/spark/log4j2.properties'}"]
+    for c in conf:
+        cmd += ["--conf", c]
+    return subprocess.run(cmd + [str(REPO / "jobs/train_barrier.py"), *args], capture_output=True, text=True,
+                          env=env, timeout=900, cwd=tmp_path)
+
+
+def test_spark_submit_refuses_dynamic_allocation(dataset, tmp_path):
+    proc = _submit(["--data", str(dataset), "--model-dir", str(tmp_path / "m"), "--model", "resnet_tiny",
+                    "--workers", "2", "--global-batch-size", "32"], tmp_path,
+                   conf=("spark.dynamicAllocation.enabled=true", "spark.shuffle.service.enabled=true"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "spark.dynamicAllocation.enabled=true: barrier stages need a fixed set of executors" in out
+    assert "Fix: --conf spark.dynamicAllocation.enabled=false" in out
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_spark_submit_on_local_cluster(dataset, tmp_path):
+    """Two executors in separate JVMs (local-cluster[2,1,1024]), exactly as a user submits the job."""
+    proc = _submit(["--config", str(REPO / "conf/train/resnet18_smoke.yaml"), "--data", str(dataset),
+                    "--model-dir", str(tmp_path / "m"), "--epochs", "2", "--set", "slots_wait_s=90"], tmp_path,
+                   master="local-cluster[2,1,1024]",
+                   conf=("spark.scheduler.barrier.maxConcurrentTasksCheck.interval=1s",
+                         "spark.barrier.sync.timeout=300s"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert "epoch 2/2 done" in out, "progress reached the driver console"
+    history = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2] and history[-1]["val_images"] == 60
+    assert (tmp_path / "m" / "saved_model" / "saved_model.pb").exists()
