@@ -22,10 +22,22 @@ ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 
 
 def normalize(image: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
+    """``(x - mean) / std`` as ``x * scale + offset`` with full-size constants when the shape is static.
+
+    Why: broadcasting over an innermost dimension of 3 is slow in TensorFlow's CPU kernels; this form measured
+    ~1.5x faster for the whole train transform (bench/input_pipeline.py), and input pipelines run on CPU.
+    """
+    import numpy as np
     import tensorflow as tf
 
     image = tf.cast(image, tf.float32)
-    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+    std_arr = np.asarray(std, np.float32)
+    scale = 1.0 / std_arr
+    offset = -np.asarray(mean, np.float32) / std_arr
+    if image.shape.is_fully_defined():
+        shape = image.shape.as_list()
+        return image * tf.constant(np.broadcast_to(scale, shape)) + tf.constant(np.broadcast_to(offset, shape))
+    return image * tf.constant(scale) + tf.constant(offset)
 
 
 def random_crop_window(image_bytes: Any, seed: Any = None) -> Any:
