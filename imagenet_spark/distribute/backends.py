@@ -74,6 +74,17 @@ class Backend:
         """Sync-on-read metrics are already reduced across workers by the strategy."""
         return value
 
+    @property
+    def save_on_all_ranks(self) -> bool:
+        """Whether every rank must take part in writing a checkpoint: yes for MWMS (reading sync-on-read
+        variables is a collective; non-chiefs write to a temp dir), no for Horovod (rank 0 alone writes)."""
+        return True
+
+    def replica_consistency(self, weights: Any) -> dict[str, Any]:
+        """Evidence that every worker ends with the same weights, for the result dict. In-graph strategies
+        keep one mirrored copy by construction (nothing to report); Horovod checksums every rank's copy."""
+        return {}
+
     @contextlib.contextmanager
     def writer_scope(self) -> Iterator[None]:
         yield
@@ -87,8 +98,11 @@ def _mwms(ctx: WorkerContext) -> Any:
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
-def make_backend(name: str, ctx: WorkerContext) -> Backend:
-    """Create the backend; must run before any other TensorFlow op (MWMS configures collectives at startup)."""
+def make_backend(name: str, ctx: WorkerContext, *, horovod_fp16_allreduce: bool = False) -> Backend:
+    """Create the backend; must run before any other TensorFlow op (MWMS configures collectives at startup).
+
+    ``horovod_fp16_allreduce`` (TrainConfig.horovod_fp16_allreduce): Horovod sends gradients as float16.
+    """
     import tensorflow as tf
 
     if name == "off":
@@ -102,7 +116,7 @@ def make_backend(name: str, ctx: WorkerContext) -> Backend:
     elif name == "horovod":
         from imagenet_spark.distribute.horovod_backend import make_horovod_backend
 
-        return make_horovod_backend(ctx)
+        return make_horovod_backend(ctx, fp16_allreduce=horovod_fp16_allreduce)
     else:
         raise BackendError(f"backend={name!r}: unknown; known: off, mirrored, mwms, horovod.")
     log.info("backend %s: %d replicas in sync, %d in this process", backend.name,

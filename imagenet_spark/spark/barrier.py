@@ -108,6 +108,51 @@ def check_cluster(spark: Any, cfg: TrainConfig) -> int:
 # The barrier task (executor)
 
 
+def _horovod_launch(ctx: Any, wctx: WorkerContext, endpoints: list[Endpoint], spec: dict[str, Any], *,
+                    gpu: bool) -> tuple[Any, dict[str, str], WorkerContext]:
+    """Gloo rendezvous hosted by task 0, without mpirun or ssh: returns (server or None, HOROVOD_* env, context).
+
+    Task 0 starts Horovod's rendezvous server on its own address; a second ``allGather`` shares its port.
+    Every task makes that call on every path (a task that failed to prepare sends its error instead), so a
+    failure fails all tasks together rather than leaving them waiting. The caller stops the server.
+    """
+    from imagenet_spark.distribute.horovod_env import choose_iface, horovod_env, host_alloc_plan, start_rendezvous
+
+    rank, cfg = wctx.rank, spec["config"]
+    hosts = [e.host for e in endpoints]
+    server = None
+    port, problem, iface = 0, "", None
+    try:
+        plan = host_alloc_plan(hosts)
+        iface = cfg.get("network_interface") or choose_iface(wctx.host)
+        if rank == 0:
+            server = start_rendezvous(host=wctx.host, plan=plan)
+            port = server.port
+    except ImportError as exc:
+        from imagenet_spark.distribute.horovod_backend import INSTALL_HINT
+
+        problem = f"backend='horovod': cannot start the Horovod rendezvous server ({exc}). {INSTALL_HINT}"
+    except Exception as exc:  # noqa: BLE001 - any failure must still reach the exchange below
+        problem = f"backend='horovod': {type(exc).__name__}: {exc}"
+    gathered = [json.loads(m) for m in ctx.allGather(json.dumps({"rank": rank, "port": port, "problem": problem}))]
+    try:
+        problems = [f"rank {g['rank']}: {g['problem']}" for g in gathered if g["problem"]]
+        if problems:
+            raise LaunchError("; ".join(problems))
+        port0 = next(g["port"] for g in gathered if g["rank"] == 0)
+        env = horovod_env(hosts=hosts, rank=rank, rendezvous_host=hosts[0], rendezvous_port=port0, iface=iface,
+                          gpu=gpu, gloo_timeout_s=cfg.get("barrier_timeout_s"))
+    except Exception:
+        if server is not None:
+            server.stop()
+        raise
+    slot = plan[rank]  # Horovod's cross ranks (consistent for any host order), so ctx matches hvd.cross_rank()
+    wctx = WorkerContext(**{**wctx.to_dict(), "local_rank": slot.local_rank, "local_size": slot.local_size,
+                            "cross_rank": slot.cross_rank, "cross_size": slot.cross_size})
+    log.info("rank %d: horovod via Gloo, rendezvous %s:%d, iface %s", rank, hosts[0], port0, iface)
+    return server, env, wctx
+
+
 def _barrier_task(spec: dict[str, Any], _partition: Iterator[Any]) -> Iterator[str]:
     from pyspark import BarrierTaskContext
 
@@ -136,14 +181,19 @@ def _barrier_task(spec: dict[str, Any], _partition: Iterator[Any]) -> Iterator[s
         env["TF_CONFIG"] = tf_config(endpoints, rank)
     if gpus or spec.get("has_gpu_resources"):
         env["CUDA_VISIBLE_DEVICES"] = gpus
-    held = None
+    held = rendezvous = None
     if spec.get("inject_port_conflict_rank") == rank and spec["attempt"] == 0:
         held = hold_port(host, port)  # fault injection: the exchanged port is taken before TF binds it
     try:
+        if spec["config"]["backend"] == "horovod":
+            rendezvous, horovod_vars, wctx = _horovod_launch(ctx, wctx, endpoints, spec, gpu=bool(gpus))
+            env.update(horovod_vars)
         result = run_worker_process({**spec, "ctx": wctx.to_dict()}, env=env, rank=rank)
     finally:
         if held is not None:
             held.close()
+        if rendezvous is not None:  # the task ends (done, failed or killed): the rendezvous goes with it
+            rendezvous.stop()
     if rank == 0:
         yield json.dumps(result)
 
@@ -160,6 +210,7 @@ def _driver_host(spark: Any) -> str:
 def _progress_logger(state: dict[str, Any]) -> Any:
     def on_message(msg: dict[str, Any]) -> None:
         state["last"] = msg
+        state.setdefault("first_step_at", time.monotonic())
         try:
             log.info("%s", format_progress(msg))
         except (KeyError, TypeError, ValueError):
@@ -202,6 +253,7 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
                     "has_gpu_resources": bool(spark.sparkContext.getConf().get("spark.task.resource.gpu.amount",
                                                                                 None))}
             started = time.monotonic()
+            state.pop("first_step_at", None)
             ckpt_before = _checkpoint_position(cfg, plan)
             try:
                 if on_driver:
@@ -211,7 +263,9 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
                     outputs = run_barrier(spark, cfg.workers, lambda it: _barrier_task(spec, it),
                                           description=f"imagenet-spark train {cfg.model} attempt {attempt}")
                     result = json.loads(outputs[0])
-                attempts.append({"attempt": attempt, "status": "ok", "seconds": round(time.monotonic() - started, 1)})
+                first = state.get("first_step_at")
+                attempts.append({"attempt": attempt, "status": "ok", "seconds": round(time.monotonic() - started, 1),
+                                 "launch_to_first_step_s": round(first - started, 2) if first else None})
                 break
             except (SparkJobError, LaunchError) as exc:
                 text = str(exc)
@@ -241,5 +295,6 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
                 attempt += 1
     result["attempts"] = attempts
     result["history"] = read_metrics(cfg.model_dir)
-    log.info("training finished: %s", json.dumps(result.get("metrics", {})))
+    log.info("training finished in %d attempt(s); launch to first step %s s; final: %s", len(attempts),
+             attempts[-1].get("launch_to_first_step_s"), json.dumps(result.get("metrics", {})))
     return result

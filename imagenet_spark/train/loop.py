@@ -95,7 +95,8 @@ def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Report
     """
     from imagenet_spark.distribute.backends import make_backend
 
-    backend = make_backend(cfg.backend, ctx)  # before any other TensorFlow op
+    backend = make_backend(cfg.backend, ctx,  # before any other TensorFlow op
+                           horovod_fp16_allreduce=cfg.horovod_fp16_allreduce)
     import tensorflow as tf
 
     from imagenet_spark.data.reader import eval_dataset, train_dataset
@@ -141,7 +142,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Report
         if ctx.is_chief:
             path = manager.save(checkpoint_number=epoch * plan.steps_per_epoch + step_in_epoch)
             log.info("checkpoint %s (epoch %d, step %d)", path, epoch, step_in_epoch)
-        else:  # every worker must take part (collectives); only the chief's copy is kept
+        elif backend.save_on_all_ranks:  # every worker must take part (collectives); only the chief's copy is kept
             tmp = tempfile.mkdtemp(prefix=f"ckpt-rank{ctx.rank}-")
             checkpoint.write(os.path.join(tmp, "ckpt"))
             shutil.rmtree(tmp, ignore_errors=True)
@@ -179,7 +180,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Report
         epoch_started = time.monotonic()
         steps_run = 0
         while step < epoch_steps:
-            n = min(steps_per_loop, epoch_steps - step)
+            n = 1 if first else min(steps_per_loop, epoch_steps - step)  # report the first step at once
             if cfg.checkpoint_every_steps:
                 n = min(n, cfg.checkpoint_every_steps - global_step % cfg.checkpoint_every_steps)
             if cfg.fail_at_step is not None and ctx.attempt == 0 and global_step < cfg.fail_at_step:
@@ -251,9 +252,11 @@ def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Report
     # Reading the weights is a collective under MWMS (batch-norm statistics are sync-on-read): every rank
     # reads them, then only the chief exports, from a strategy-free copy.
     weights = model.get_weights()
+    consistency = backend.replica_consistency(weights)  # a collective under Horovod: every rank calls it
     if ctx.is_chief:
         _export(cfg, plan, weights)
-    return {"metrics": last, "epochs": len(history) if ctx.is_chief else None, "global_step": global_step}
+    return {"metrics": last, "epochs": len(history) if ctx.is_chief else None, "global_step": global_step,
+            **consistency}
 
 
 def make_step_functions(cfg: TrainConfig, backend: Any, model: Any, optimizer: Any, sums: dict[str, Any], *,
