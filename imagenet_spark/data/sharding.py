@@ -29,6 +29,21 @@ class ShardPlan:
         return sum(self.rows_per_worker)
 
 
+def _equal_steps(rows: Sequence[int], *, per_worker_batch: int, split: str, drop_remainder: bool,
+                 how: str = "") -> int:
+    """Steps every worker runs: floor(smallest shard / batch) for training, ceil(largest / batch) for eval."""
+    if not drop_remainder:
+        return -(-max(rows) // per_worker_batch)
+    steps = min(rows) // per_worker_batch
+    if steps == 0:
+        raise DatasetError(
+            f"{split}:{how} the smallest worker shard has {min(rows)} images, fewer than one per-worker batch of "
+            f"{per_worker_batch}. Fix: lower --global-batch-size to at most {min(rows) * len(rows)}, or use "
+            "fewer workers."
+        )
+    return steps
+
+
 def plan_shards(row_group_rows: Sequence[int], *, workers: int, per_worker_batch: int, split: str,
                 drop_remainder: bool = True) -> ShardPlan:
     """Plan worker shards for one split; raises DatasetError with the fix when it cannot serve ``workers``.
@@ -46,16 +61,7 @@ def plan_shards(row_group_rows: Sequence[int], *, workers: int, per_worker_batch
         )
     rows = tuple(sum(row_group_rows[k::workers]) for k in range(workers))
     counts = tuple(len(row_group_rows[k::workers]) for k in range(workers))
-    if drop_remainder:
-        steps = min(rows) // per_worker_batch
-        if steps == 0:
-            raise DatasetError(
-                f"{split}: the smallest worker shard has {min(rows)} images, fewer than one per-worker batch of "
-                f"{per_worker_batch}. Fix: lower --global-batch-size to at most {min(rows) * workers}, or use "
-                "fewer workers."
-            )
-    else:
-        steps = -(-max(rows) // per_worker_batch)
+    steps = _equal_steps(rows, per_worker_batch=per_worker_batch, split=split, drop_remainder=drop_remainder)
     return ShardPlan(split, workers, rows, counts, per_worker_batch, steps)
 
 
@@ -88,14 +94,6 @@ def plan_synset_shards(rows_per_synset: Mapping[str, int], row_groups_per_synset
     assignment = assign_synsets(synsets, workers=workers)
     rows = tuple(sum(rows_per_synset[s] for s in mine) for mine in assignment)
     counts = tuple(sum(row_groups_per_synset.get(s, 0) for s in mine) for mine in assignment)
-    if drop_remainder:
-        steps = min(rows) // per_worker_batch
-        if steps == 0:
-            raise DatasetError(
-                f"{split}: with shard_by=synset the smallest worker shard has {min(rows)} images, fewer than one "
-                f"per-worker batch of {per_worker_batch}. Fix: lower --global-batch-size to at most "
-                f"{min(rows) * workers}, or use fewer workers."
-            )
-    else:
-        steps = -(-max(rows) // per_worker_batch)
+    steps = _equal_steps(rows, per_worker_batch=per_worker_batch, split=split, drop_remainder=drop_remainder,
+                         how=" with shard_by=synset")
     return ShardPlan(split, workers, rows, counts, per_worker_batch, steps)

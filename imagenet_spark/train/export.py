@@ -685,24 +685,6 @@ def predict_on_spark(
 # --- command line (wired into cli.py's _COMMANDS) -----------------------------------------------------------
 
 
-def predict_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags of ``imagenet-spark predict``: local files by default, batch inference on Spark with --output."""
-    parser.add_argument("model_dir", help="a training run's --model-dir (saved_model/ + labels.txt)")
-    parser.add_argument("inputs", nargs="+",
-                        help="image files or folders; with --output: one folder of images or a dataset")
-    parser.add_argument("--top-k", dest="top_k", type=int, default=5, help="classes per image (default 5)")
-    parser.add_argument("--batch-size", dest="batch_size", type=int, default=None,
-                        help="images per model call (default 32 locally, 64 on Spark)")
-    parser.add_argument("--output", default=None,
-                        help="run on Spark and write Parquet predictions here instead of printing them")
-    parser.add_argument("--split", default="validation", help="split of a dataset source (default validation)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.add_argument("--master", default="local[*]",
-                        help="Spark master when not launched by spark-submit (default local[*])")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
-    return parser
-
-
 def run_predict_cli(args: argparse.Namespace) -> int:
     """Print top-k per image (exit 1 if any image could not be classified), or run on Spark with --output."""
     if args.output:
