@@ -176,3 +176,17 @@ def test_spark_submit_on_local_cluster(dataset, tmp_path):
     history = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2] and history[-1]["val_images"] == 60
     assert (tmp_path / "m" / "saved_model" / "saved_model.pb").exists()
+
+
+def test_recipe_switches_xla_bfloat16_step_schedule_on_alexnet(spark, dataset, tmp_path):
+    """The GPU-host switches (XLA, mixed precision) and the AlexNet recipe run through the same loop."""
+    model_dir = tmp_path / "m"
+    result = run_training(spark, _train_cfg(dataset, model_dir, model="alexnet_tiny", workers=1, backend="off",
+                                            epochs=2, warmup_epochs=0, schedule="step", step_epochs=(1,),
+                                            nesterov=True, xla=True, precision="mixed_bfloat16",
+                                            global_batch_size=16, base_lr=0.04))
+    history = json.loads((model_dir / "metrics.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert history[1]["learning_rate"] == pytest.approx(history[0]["learning_rate"] * 0.1)
+    assert result["metrics"]["val_images"] == 60
+    assert (model_dir / "saved_model" / "saved_model.pb").exists()
