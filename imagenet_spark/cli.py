@@ -103,14 +103,23 @@ _TRAIN_FLAGS = ("data", "model_dir", "model", "workers", "backend", "epochs", "g
 def run_train_cli(args: argparse.Namespace) -> int:
     from imagenet_spark.config import TrainConfig
     from imagenet_spark.spark.barrier import run_training
-    from imagenet_spark.spark.session import build_session, ship_package
+    from imagenet_spark.spark.session import build_session, end_session, ship_package
 
     cfg = resolve(TrainConfig, preset=args.config, overrides=args.overrides, explicit=_explicit(args, _TRAIN_FLAGS))
     spark = build_session("imagenet-spark train", master=args.master)
-    ship_package(spark)
-    result = run_training(spark, cfg)
-    log.info("final: %s", json.dumps(result.get("metrics", {})))
-    return 0
+    rc = 1
+    try:
+        ship_package(spark)
+        result = run_training(spark, cfg)
+        log.info("final: %s", json.dumps(result.get("metrics", {})))
+        rc = 0
+    except ImagenetSparkError as exc:  # logged here: end_session may end the JVM that carries our output
+        log.error("%s: %s", type(exc).__name__, exc)
+    except Exception:  # noqa: BLE001 - same reason: report before the session ends
+        log.exception("training failed")
+    finally:
+        end_session(spark, rc)
+    return rc
 
 
 def predict_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -134,6 +143,18 @@ def run_predict_cli(args: argparse.Namespace) -> int:
     from imagenet_spark.train import export
 
     return export.run_predict_cli(args)
+
+
+def _report_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from imagenet_spark.report import report_parser
+
+    return report_parser(parser)
+
+
+def _run_report_cli(args: argparse.Namespace) -> int:
+    from imagenet_spark.report import run_report_cli
+
+    return run_report_cli(args)
 
 
 def fake_data_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -211,6 +232,8 @@ _COMMANDS: dict[str, tuple[str, Callable[..., argparse.ArgumentParser], Callable
     "train": ("train in a Spark barrier stage (same flags as jobs/train_barrier.py)", train_parser, run_train_cli),
     "predict": ("top-k classes for images, or batch inference on Spark with --output", predict_parser,
                 run_predict_cli),
+    "report": ("render curves, LR schedule, throughput and a prediction grid to PNG + report.html", _report_parser,
+               _run_report_cli),
     "summary": ("print a dataset's counts, rejects, conversions and row groups", summary_parser, run_summary_cli),
 }
 

@@ -321,6 +321,10 @@ class TrainConfig:
     network_interface: typing.Optional[str] = None
     # The resume contract: a model dir already holding checkpoints is resumed, never silently restarted.
     overwrite: bool = False
+    # --- tracking: MLflow run per training (a file store beside the model dir unless a URI is given/set)
+    track: bool = True
+    tracking_uri: typing.Optional[str] = None
+    experiment: str = "imagenet-spark"
 
     def validate(self) -> None:
         from imagenet_spark.models import available

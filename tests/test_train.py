@@ -190,3 +190,14 @@ def test_recipe_switches_xla_bfloat16_step_schedule_on_alexnet(spark, dataset, t
     assert history[1]["learning_rate"] == pytest.approx(history[0]["learning_rate"] * 0.1)
     assert result["metrics"]["val_images"] == 60
     assert (model_dir / "saved_model" / "saved_model.pb").exists()
+
+
+@pytest.mark.slow
+def test_spark_submit_local_mode_exits_after_barrier_training(dataset, tmp_path):
+    """Spark 3.5 leaves a non-daemon barrier timer thread in a local driver JVM; the job must still exit."""
+    proc = _submit(["--data", str(dataset), "--model-dir", str(tmp_path / "m"), "--model", "resnet_tiny",
+                    "--workers", "2", "--epochs", "1", "--global-batch-size", "32", "--set", "warmup_epochs=0"],
+                   tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "training finished in 1 attempt(s)" in out

@@ -33,6 +33,7 @@ from imagenet_spark.distribute.launch import run_worker_process
 from imagenet_spark.distribute.ports import free_port, hold_port
 from imagenet_spark.distribute.progress import ProgressServer, format_progress
 from imagenet_spark.spark.jobs import SparkJobError, run_barrier
+from imagenet_spark.tracking import Tracker
 from imagenet_spark.train.loop import RunPlan, read_metrics
 from imagenet_spark.train.planning import make_run_plan, prepare_model_dir
 
@@ -207,9 +208,10 @@ def _driver_host(spark: Any) -> str:
     return conf.get("spark.driver.bindAddress", None) or conf.get("spark.driver.host", None) or "127.0.0.1"
 
 
-def _progress_logger(state: dict[str, Any]) -> Any:
+def _progress_logger(state: dict[str, Any], tracker: Tracker) -> Any:
     def on_message(msg: dict[str, Any]) -> None:
         state["last"] = msg
+        tracker.log_epoch(msg)  # ignores non-epoch messages
         state.setdefault("first_step_at", time.monotonic())
         try:
             log.info("%s", format_progress(msg))
@@ -245,7 +247,9 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
     attempts: list[dict[str, Any]] = []
     failures = port_conflicts = 0
     attempt = 0
-    with ProgressServer(_driver_host(spark), _progress_logger(state)) as progress:
+    tracker = Tracker(uri=cfg.tracking_uri, experiment=cfg.experiment, enabled=cfg.track)
+    with tracker, ProgressServer(_driver_host(spark), _progress_logger(state, tracker)) as progress:
+        tracker.start(cfg)
         while True:
             spec = {"config": to_dict(cfg), "plan": plan.to_dict(), "attempt": attempt,
                     "progress": progress.endpoint(), "log_level": logging.getLevelName(log.getEffectiveLevel()),
@@ -293,8 +297,9 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
                                 "step %d (at most %d steps lost)", attempt, record["seconds"], record["error"],
                                 failures, cfg.max_retries, ckpt_after, record["steps_lost_at_most"])
                 attempt += 1
-    result["attempts"] = attempts
-    result["history"] = read_metrics(cfg.model_dir)
+        result["attempts"] = attempts
+        result["history"] = read_metrics(cfg.model_dir)
+        tracker.finish(result, model_dir=cfg.model_dir)
     log.info("training finished in %d attempt(s); launch to first step %s s; final: %s", len(attempts),
              attempts[-1].get("launch_to_first_step_s"), json.dumps(result.get("metrics", {})))
     return result

@@ -46,6 +46,26 @@ def build_session(app_name: str, *, master: str | None = None, conf: Mapping[str
     return spark
 
 
+def end_session(spark: Any, exit_code: int) -> None:
+    """Stop Spark at the end of an entry point, making sure spark-submit exits too.
+
+    In local mode, Spark 3.5 starts a non-daemon "Barrier task timer" thread in the driver JVM for every
+    barrier task and never stops it, so after a training job the spark-submit JVM would outlive our Python
+    process forever. Under spark-submit with a local master we therefore end the JVM ourselves, with our
+    exit code. (On a cluster the barrier tasks run in executors, which end with the application.)
+    """
+    sc = spark.sparkContext
+    local = sc.master.startswith("local")
+    jvm = sc._jvm
+    spark.stop()
+    if local and under_spark_submit():
+        logging.shutdown()
+        try:
+            jvm.java.lang.System.exit(exit_code)
+        except Exception:  # noqa: BLE001 - the JVM is gone before py4j can answer; that is the point
+            pass
+
+
 def ship_package(spark: Any) -> str | None:
     """Zip imagenet_spark and add it to the executors' path; skipped in local mode (same machine, same files)."""
     sc = spark.sparkContext

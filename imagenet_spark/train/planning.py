@@ -24,7 +24,7 @@ CONFIG_JSON = "config.json"
 # Settings that may change when resuming a run (everything else must match the run being resumed).
 _RESUMABLE = {"epochs", "max_retries", "fail_at_step", "fail_rank", "progress_every_s", "slots_wait_s",
               "barrier_timeout_s", "overwrite", "checkpoint_every_steps", "keep_checkpoints", "reader_workers",
-              "decode_threads", "eval_every_epochs", "network_interface"}
+              "decode_threads", "eval_every_epochs", "network_interface", "track", "tracking_uri", "experiment"}
 
 
 def make_run_plan(cfg: TrainConfig) -> RunPlan:
