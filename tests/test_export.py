@@ -26,6 +26,7 @@ from PIL import Image
 
 from imagenet_spark.data.synsets import ilsvrc2012
 from imagenet_spark.models import registry
+from imagenet_spark import cli
 from imagenet_spark.train import export
 from imagenet_spark.train.export import ExportError, LabelsError, ModelDirError, PredictError
 
@@ -265,8 +266,8 @@ def test_predict_files_ranks_with_names(model_dir, samples, tmp_path):
 
 
 def test_predict_command_prints_top_k(model_dir, samples, caplog):
-    parser = export.predict_parser(argparse.ArgumentParser())
-    args = parser.parse_args([str(model_dir), str(samples[0].parent), "--top-k", "2"])
+    parser = cli.predict_parser(argparse.ArgumentParser())
+    args = parser.parse_args(["--model-dir", str(model_dir), str(samples[0].parent), "--top-k", "2"])
     with caplog.at_level(logging.INFO, logger="imagenet_spark.train.export"):
         assert export.run_predict_cli(args) == 0
     text = "\n".join(r.getMessage() for r in caplog.records if r.getMessage().startswith("predictions:"))

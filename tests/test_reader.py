@@ -49,7 +49,7 @@ def _ctx(rank: int) -> WorkerContext:
 
 def _cfg(data: Path, **kw) -> TrainConfig:
     base = dict(data=str(data), model_dir="/tmp/unused", model="resnet18", workers=WORKERS,
-                global_batch_size=BATCH * WORKERS, shuffle_buffer=32, reader_workers=2, epochs=2, warmup_epochs=0)
+                global_batch_size=BATCH * WORKERS, shuffle_buffer=32, epochs=2, warmup_epochs=0)
     base.update(kw)
     return resolve(TrainConfig, explicit=base)
 
