@@ -25,6 +25,8 @@ test-fast: setup  ## skip slow/cluster tests
 
 bench: setup  ## benchmarks; they print figures as ratios to a baseline measured in the same run
 	$(PY) bench/partition_throughput.py
+	$(PY) bench/input_pipeline.py
+	$(PY) bench/train_step.py
 
 lock:  ## regenerate requirements/lock.txt from requirements/base.in in a scratch venv
 	rm -rf /tmp/imagenet-spark-lock && python3.11 -m venv /tmp/imagenet-spark-lock
