@@ -27,6 +27,7 @@ bench: setup  ## benchmarks; they print figures as ratios to a baseline measured
 	$(PY) bench/partition_throughput.py
 	$(PY) bench/input_pipeline.py
 	$(PY) bench/train_step.py
+	$(PY) bench/horovod_vs_mwms.py
 
 lock:  ## regenerate requirements/lock.txt from requirements/base.in in a scratch venv
 	rm -rf /tmp/imagenet-spark-lock && python3.11 -m venv /tmp/imagenet-spark-lock

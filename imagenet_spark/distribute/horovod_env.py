@@ -9,11 +9,12 @@ values. That part (:func:`host_alloc_plan`, :func:`horovod_env`) is pure and tes
 Two things here are not pure, and say so: :func:`choose_iface` reads this machine's interfaces, and
 :func:`start_rendezvous` starts Horovod's HTTP rendezvous server (in barrier task 0, for the task's life).
 
-Why the layout is not simply Horovod's ``get_host_assignments``: Spark hands out task ids in any host
-order (interleaved, uneven), and Horovod's Gloo controller joins its *local* communicator under the key
-``local_<cross_rank>``, so every rank of one host must share one cross rank. We keep the Spark task id as
-the Horovod rank (data shards, fault injection and ``is_chief`` all key on it) and number the hosts by
-descending task count, which makes the cross ranks consistent for any order (see :func:`host_alloc_plan`).
+Why the layout is not Horovod's ``get_host_assignments``: that numbers ranks host by host, while Spark hands
+out task ids in any host order (interleaved, uneven). We keep the Spark task id as the Horovod rank (data
+shards, fault injection and ``is_chief`` all key on it) and derive local and cross ranks from it the way
+Horovod 0.28's Gloo controller itself re-derives them (its local communicator is keyed by
+``HOROVOD_HOSTNAME``, its cross communicator by local rank, members ordered by global rank), which is also
+``cluster.host_layout``: so ``hvd.local_rank()``/``hvd.cross_rank()`` equal the WorkerContext's.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from imagenet_spark.distribute.cluster import host_layout
 from imagenet_spark.errors import ImagenetSparkError
 
 log = logging.getLogger(__name__)
@@ -52,32 +54,20 @@ def host_alloc_plan(hosts: Sequence[str]) -> list[Slot]:
 
     * rank: the index (the Spark task id), so rank 0 is the chief and hosts the rendezvous.
     * local rank / size: position among the ranks on the same host, in rank order / how many there are.
-    * cross rank: the host's index when hosts are ordered by descending rank count (ties: first appearance).
-      Horovod's Gloo controller forms each host's local communicator under ``local_<cross_rank>`` and each
-      cross communicator under ``cross_<local_rank>``. With hosts numbered that way, the hosts that have a
-      local rank ``l`` are always the first ones, so the host index is a valid rank in every cross group
-      and one host's ranks all land in the same local group, whatever order Spark gave the tasks.
-    * cross size: how many hosts have a local rank ``l`` (the size of ``cross_<l>``).
+    * cross rank / size: position among the ranks with the same local rank (one per host), in rank order /
+      how many hosts have that local rank. Gloo forms ``cross_<local rank>`` from these, so they must be
+      0..size-1 within each such group, for any host order Spark produced.
     """
     if not hosts:
         raise HorovodLaunchError("hosts=[]: a Horovod job needs at least one process.")
     if any(not h for h in hosts):
         raise HorovodLaunchError(f"hosts={list(hosts)!r}: an empty host name. Fix: every task must report its "
                                  "address (check spark.driver.host / SPARK_LOCAL_IP on the executors).")
-    counts: dict[str, int] = {}
-    for host in hosts:
-        counts[host] = counts.get(host, 0) + 1
-    first = {host: hosts.index(host) for host in counts}
-    order = sorted(counts, key=lambda h: (-counts[h], first[h]))
-    host_index = {host: i for i, host in enumerate(order)}
-    seen: dict[str, int] = {}
     plan = []
     for rank, host in enumerate(hosts):
-        local_rank = seen.get(host, 0)
-        seen[host] = local_rank + 1
-        plan.append(Slot(hostname=host, rank=rank, local_rank=local_rank, cross_rank=host_index[host],
-                         size=len(hosts), local_size=counts[host],
-                         cross_size=sum(1 for c in counts.values() if c > local_rank)))
+        layout = host_layout(hosts, rank)
+        plan.append(Slot(hostname=host, rank=rank, local_rank=layout.local_rank, cross_rank=layout.cross_rank,
+                         size=layout.size, local_size=layout.local_size, cross_size=layout.cross_size))
     return plan
 
 
@@ -87,9 +77,13 @@ def horovod_env(*, hosts: Sequence[str], rank: int, rendezvous_host: str, rendez
 
     ``iface`` is this worker's own interface (it may be named differently on every host, which is why each
     task picks its own rather than a cluster-wide common one); None leaves Gloo to resolve the hostname.
-    ``gpu``: this worker has a GPU, so Horovod should reduce GPU tensors with NCCL (Gloo stays the
-    controller and does the CPU tensors either way). ``gloo_timeout_s``: how long Gloo waits for peers at
-    start-up (Horovod's default of 30 s is short when every worker imports TensorFlow on a busy host).
+    ``gpu``: this worker has a GPU, so GPU tensors should be reduced with NCCL (Gloo stays the controller
+    and does the CPU tensors either way). Note that Horovod 0.28 reads HOROVOD_GPU_OPERATIONS only when it
+    is *built*: at run time GPU tensors go to NCCL exactly when Horovod was compiled with it, which the
+    backend checks (``hvd.nccl_built()``) and warns about; the variable is set for tools and for clarity,
+    and NCCL_SOCKET_IFNAME keeps NCCL's bootstrap on the same network as Gloo.
+    ``gloo_timeout_s``: how long Gloo waits for peers at start-up and in a collective (Horovod's default
+    of 30 s is short when every worker imports TensorFlow on a busy host).
     """
     plan = host_alloc_plan(hosts)
     if not 0 <= rank < len(plan):
@@ -116,7 +110,7 @@ def horovod_env(*, hosts: Sequence[str], rank: int, rendezvous_host: str, rendez
     if gpu:
         env["HOROVOD_GPU_OPERATIONS"] = "NCCL"
         if iface:
-            env["NCCL_SOCKET_IFNAME"] = iface  # NCCL's own bootstrap: the same network as Gloo's
+            env["NCCL_SOCKET_IFNAME"] = iface
     if gloo_timeout_s is not None:
         env["HOROVOD_GLOO_TIMEOUT_SECONDS"] = str(int(gloo_timeout_s))
     return env

@@ -110,8 +110,8 @@ def check_cluster(spark: Any, cfg: TrainConfig) -> int:
 
 
 def _horovod_launch(ctx: Any, wctx: WorkerContext, endpoints: list[Endpoint], spec: dict[str, Any], *,
-                    gpu: bool) -> tuple[Any, dict[str, str], WorkerContext]:
-    """Gloo rendezvous hosted by task 0, without mpirun or ssh: returns (server or None, HOROVOD_* env, context).
+                    gpu: bool) -> tuple[Any, dict[str, str]]:
+    """Gloo rendezvous hosted by task 0, without mpirun or ssh: returns (server or None, HOROVOD_* variables).
 
     Task 0 starts Horovod's rendezvous server on its own address; a second ``allGather`` shares its port.
     Every task makes that call on every path (a task that failed to prepare sends its error instead), so a
@@ -147,11 +147,8 @@ def _horovod_launch(ctx: Any, wctx: WorkerContext, endpoints: list[Endpoint], sp
         if server is not None:
             server.stop()
         raise
-    slot = plan[rank]  # Horovod's cross ranks (consistent for any host order), so ctx matches hvd.cross_rank()
-    wctx = WorkerContext(**{**wctx.to_dict(), "local_rank": slot.local_rank, "local_size": slot.local_size,
-                            "cross_rank": slot.cross_rank, "cross_size": slot.cross_size})
     log.info("rank %d: horovod via Gloo, rendezvous %s:%d, iface %s", rank, hosts[0], port0, iface)
-    return server, env, wctx
+    return server, env
 
 
 def _barrier_task(spec: dict[str, Any], _partition: Iterator[Any]) -> Iterator[str]:
@@ -187,7 +184,7 @@ def _barrier_task(spec: dict[str, Any], _partition: Iterator[Any]) -> Iterator[s
         held = hold_port(host, port)  # fault injection: the exchanged port is taken before TF binds it
     try:
         if spec["config"]["backend"] == "horovod":
-            rendezvous, horovod_vars, wctx = _horovod_launch(ctx, wctx, endpoints, spec, gpu=bool(gpus))
+            rendezvous, horovod_vars = _horovod_launch(ctx, wctx, endpoints, spec, gpu=bool(gpus))
             env.update(horovod_vars)
         result = run_worker_process({**spec, "ctx": wctx.to_dict()}, env=env, rank=rank)
     finally:
@@ -286,6 +283,9 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
                                                   f"({port_conflicts} times): {text.splitlines()[0]}") from exc
                     log.warning("attempt %d: a worker's port was taken before TensorFlow bound it; relaunching with "
                                 "fresh ports (not counted against max_retries)", attempt)
+                elif "BackendError" in text:  # e.g. Horovod missing: retrying cannot help
+                    raise TrainingFailedError(f"the {cfg.backend} backend cannot start: "
+                                              f"{text.splitlines()[0][:500]}") from exc
                 else:
                     failures += 1
                     if failures > cfg.max_retries:
