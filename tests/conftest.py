@@ -21,3 +21,21 @@ def spark():
                             conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"})
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def dataset(spark, tmp_path_factory):
+    """A small learnable dataset written by the real partition job: 4 classes, 240 train / 60 validation
+    images, short side 40, row groups of 8 (uneven: 16-image tasks split into 8+8, last groups shorter).
+    Shared by the training tests (modules with their own ``dataset`` fixture override it)."""
+    from imagenet_spark.config import PartitionConfig, resolve
+    from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
+    from imagenet_spark.data.partition import run_partition
+
+    root = tmp_path_factory.mktemp("small")
+    write_ilsvrc(root / "raw", FakeSpec(num_classes=4, train_per_class=60, val_per_class=15, image_size=(48, 40),
+                                        size_jitter=0.1, seed=3))
+    run_partition(spark, resolve(PartitionConfig, explicit=dict(input=str(root / "raw"), output=str(root / "ds"),
+                                                                resize_short=40, images_per_task=16,
+                                                                rows_per_row_group=8)))
+    return root / "ds"

@@ -21,9 +21,7 @@ from typing import Any
 
 import pytest
 
-from imagenet_spark.config import PartitionConfig, TrainConfig, resolve
-from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
-from imagenet_spark.data.partition import run_partition
+from imagenet_spark.config import TrainConfig, resolve
 from imagenet_spark.distribute.cluster import Endpoint, LaunchError, host_layout
 from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.distribute.horovod_env import (HorovodLaunchError, choose_iface, horovod_env, host_alloc_plan,
@@ -286,17 +284,6 @@ def test_gloo_workers_without_spark(hosts):
 # End to end on Spark local[2]
 
 
-@pytest.fixture(scope="module")
-def dataset(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("horovod")
-    write_ilsvrc(root / "raw", FakeSpec(num_classes=CLASSES, train_per_class=60, val_per_class=15,
-                                        image_size=(48, 40), size_jitter=0.1, seed=3))
-    cfg = resolve(PartitionConfig, explicit=dict(input=str(root / "raw"), output=str(root / "ds"), resize_short=40,
-                                                 images_per_task=16, rows_per_row_group=8))
-    run_partition(spark, cfg)
-    return root / "ds"
-
-
 def _train_cfg(data: Path, model_dir: Path, **kw: Any) -> TrainConfig:
     base = dict(data=str(data), model_dir=str(model_dir), model="resnet_tiny", workers=2, backend="horovod",
                 epochs=3, global_batch_size=32, base_lr=0.4, warmup_epochs=1, seed=1, slots_wait_s=5,
@@ -370,7 +357,7 @@ def test_resume_after_a_crash(spark, dataset, tmp_path, fail_rank):
     assert failed["status"] == "failed" and re.search(r"rank [01]: training worker exited with code (13|1)\b",
                                                       failed["error"]), failed
     assert failed["seconds"] < 120, "the failed attempt ended promptly (no rank waited in a collective)"
-    assert failed["resume_from_step"] == 8 and failed["steps_lost_at_most"] <= 4
+    assert failed["resume_from_step"] == 8 and failed["steps_redone_at_least"] <= 2
     assert ok["status"] == "ok"
     history = json.loads((model_dir / "metrics.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3]

@@ -73,7 +73,8 @@ def run_worker_process(spec: Mapping[str, Any], *, env: Mapping[str, str], rank:
     if rc != 0:
         text = "\n".join(tail)
         errors = [line.strip() for line in tail if _EXCEPTION_LINE.match(line.strip())]
-        cause = f": {errors[-1][:400]}" if errors else ""
+        last = [line.strip() for line in tail if line.strip()]
+        cause = f": {errors[-1][:400]}" if errors else f" after: {last[-1][:400]}" if last else ""
         raise WorkerFailedError(f"rank {rank}: training worker exited with code {rc}{cause}. Last output:\n{text}")
     with open(result_path) as f:
         return json.load(f)

@@ -274,7 +274,7 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
                 ckpt_after = _checkpoint_position(cfg, plan)
                 record = {"attempt": attempt, "status": "failed", "seconds": round(time.monotonic() - started, 1),
                           "error": text.splitlines()[0][:300], "resume_from_step": ckpt_after,
-                          "last_reported_step": reached, "steps_lost_at_most": max(0, reached - ckpt_after)}
+                          "last_reported_step": reached, "steps_redone_at_least": max(0, reached - ckpt_after)}
                 attempts.append(record)
                 if "PortConflictError" in text or "taken before it could bind" in text:
                     port_conflicts += 1
@@ -294,8 +294,8 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
                             f"{text.splitlines()[0][:500]}. Checkpoints are in {cfg.model_dir}/checkpoints: rerun "
                             "the same command to resume.") from exc
                     log.warning("attempt %d failed after %.0f s: %s; retry %d/%d resumes from the checkpoint at "
-                                "step %d (at most %d steps lost)", attempt, record["seconds"], record["error"],
-                                failures, cfg.max_retries, ckpt_after, record["steps_lost_at_most"])
+                                "step %d (last progress report: step %d)", attempt, record["seconds"],
+                                record["error"], failures, cfg.max_retries, ckpt_after, reached)
                 attempt += 1
         result["attempts"] = attempts
         result["history"] = read_metrics(cfg.model_dir)
