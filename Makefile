@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 DEMO   ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench lock clean
+.PHONY: setup demo test test-cluster test-fast bench lock clean
 
 setup:  ## create .venv with the pinned stack + Horovod (idempotent, keyed on the lock files)
 	@bash tools/setup_env.sh
@@ -19,6 +19,9 @@ demo: setup  ## fake ImageNet (with quirks and broken files) → partition job v
 
 test: setup  ## the whole suite, slow and cluster tests included (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-cluster: setup  ## only the cluster tests: local-cluster, a standalone master + 2 workers on 127.0.0.1
+	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 test-fast: setup  ## skip slow/cluster tests
 	$(PY) -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)

@@ -31,6 +31,9 @@ def _first_line(exc: BaseException) -> str:
             in_traceback = True
         elif in_traceback and line and not line[0].isspace() and ": " in line:
             return line.strip()[:500]
+    for line in lines:  # no Python traceback (e.g. a lost executor): Spark's own reason
+        if "Job aborted due to stage failure" in line:
+            return line.strip().split("Job aborted due to stage failure: ", 1)[-1][:500]
     text = "\n".join(lines).strip()
     return text.splitlines()[0][:500] if text else type(exc).__name__
 
