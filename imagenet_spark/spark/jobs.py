@@ -66,8 +66,11 @@ class _Progress(threading.Thread):
 
 
 @contextlib.contextmanager
-def _job_group(spark: Any, description: str, progress_interval: float | None) -> Iterator[None]:
-    """Run Spark actions under a fresh job group; cancel the group and raise SparkJobError on failure."""
+def job_group(spark: Any, description: str, *, progress_interval: float | None = None) -> Iterator[None]:
+    """Run Spark actions under a fresh job group; cancel the group and raise SparkJobError on failure.
+
+    Every Spark action of the package goes through this, so a failure anywhere cancels the whole group and
+    surfaces as one line naming the executor's error."""
     sc = spark.sparkContext
     group = f"imagenet-spark-{uuid.uuid4().hex[:8]}"
     sc.setJobGroup(group, description, interruptOnCancel=True)
@@ -99,7 +102,7 @@ def run_tasks(
     if not tasks:
         return []
     slices = min(len(tasks), num_partitions) if num_partitions else len(tasks)
-    with _job_group(spark, description, progress_interval):
+    with job_group(spark, description, progress_interval=progress_interval):
         return spark.sparkContext.parallelize(list(tasks), slices).map(fn).collect()
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -107,6 +110,6 @@ def run_tasks(
 def run_barrier(spark: Any, tasks: int, fn: Callable[[Iterator[Any]], Iterator[Any]], *,
                 description: str) -> list[Any]:
     """Run ``fn`` as one barrier stage of ``tasks`` tasks (all start together or none does)."""
-    with _job_group(spark, description, None):
+    with job_group(spark, description):
         return spark.sparkContext.parallelize(range(tasks), tasks).barrier().mapPartitions(fn).collect()
     raise AssertionError("unreachable")  # pragma: no cover

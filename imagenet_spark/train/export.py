@@ -614,7 +614,7 @@ def predict_on_spark(
     from pyspark.sql import functions as F  # noqa: N812
     from pyspark.sql import types as T  # noqa: N812
 
-    from imagenet_spark.spark.jobs import SparkJobError, _first_line
+    from imagenet_spark.spark.jobs import job_group
 
     _check_predict_options(top_k, batch_size)
     if num_partitions is not None and (isinstance(num_partitions, bool) or not isinstance(num_partitions, int)
@@ -660,8 +660,7 @@ def predict_on_spark(
     partition_fn = functools.partial(_predict_partition, saved_model=saved_model, labels=labels, top_k=top_k,
                                      batch_size=batch_size, dataset=dataset, true_synsets=true_synsets, cpus=cpus)
     predictions = spark.createDataFrame(rdd.mapPartitions(partition_fn), _output_schema(T, with_truth=dataset))
-    sc.setJobDescription(f"imagenet-spark predict {source} -> {output}")
-    try:
+    with job_group(spark, f"imagenet-spark predict {source} -> {output}"):
         predictions.write.mode("overwrite" if overwrite else "errorifexists").parquet(output)
         written = spark.read.parquet(output)
         aggregates = [F.count(F.lit(1)).alias("rows"), F.count("error").alias("errors")]
@@ -669,10 +668,6 @@ def predict_on_spark(
             aggregates += [F.avg((F.col("synset") == F.col("true_synset")).cast("double")).alias("top1"),
                            F.avg(F.array_contains("top_k_synsets", F.col("true_synset")).cast("double")).alias("topk")]
         summary = written.agg(*aggregates).first().asDict()
-    except Exception as exc:  # noqa: BLE001 - py4j raises Py4JJavaError; re-raised with the executor's line
-        raise SparkJobError(f"predict {source} -> {output}: Spark job failed: {_first_line(exc)}") from exc
-    finally:
-        sc.setJobDescription(None)
     rows = int(summary["rows"])
     accuracy = ""
     if dataset and summary.get("top1") is not None:
