@@ -71,12 +71,16 @@ class RunPlan:
         return cls(
             num_classes=d["num_classes"], image_size=d["image_size"], eval_resize=d["eval_resize"],
             mean=tuple(d["mean"]), std=tuple(d["std"]),  # type: ignore[arg-type]
-            train=ShardPlan(**{**d["train"], "rows_per_worker": tuple(d["train"]["rows_per_worker"]),
-                               "row_groups_per_worker": tuple(d["train"]["row_groups_per_worker"])}),
-            validation=ShardPlan(**{**val, "rows_per_worker": tuple(val["rows_per_worker"]),
-                                    "row_groups_per_worker": tuple(val["row_groups_per_worker"])}) if val else None,
+            train=_shard_plan(d["train"]),
+            validation=_shard_plan(val) if val else None,
             steps_per_epoch=d["steps_per_epoch"], total_steps=d["total_steps"],
         )
+
+
+def _shard_plan(d: dict[str, Any]) -> ShardPlan:
+    """A ShardPlan from its JSON form (lists back to tuples)."""
+    return ShardPlan(**{**d, "rows_per_worker": tuple(d["rows_per_worker"]),
+                        "row_groups_per_worker": tuple(d["row_groups_per_worker"])})
 
 
 def read_metrics(model_dir: str) -> list[dict[str, Any]]:
