@@ -55,10 +55,12 @@ def _explicit(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 
 def run_partition_cli(args: argparse.Namespace) -> int:
     from imagenet_spark.data.partition import run_partition
+    from imagenet_spark.spark.preflight import check_submitted_conf
     from imagenet_spark.spark.session import build_session, ship_package
 
     cfg = resolve(PartitionConfig, preset=args.config, overrides=args.overrides,
                   explicit=_explicit(args, _PARTITION_FLAGS))
+    check_submitted_conf(barrier=False)  # before Spark starts: some wrong settings fail it with a stack trace
     spark = build_session("imagenet-spark partition", master=args.master)
     ship_package(spark)
     result = run_partition(spark, cfg)
@@ -103,9 +105,11 @@ _TRAIN_FLAGS = ("data", "model_dir", "model", "workers", "backend", "epochs", "g
 def run_train_cli(args: argparse.Namespace) -> int:
     from imagenet_spark.config import TrainConfig
     from imagenet_spark.spark.barrier import run_training
+    from imagenet_spark.spark.preflight import check_submitted_conf
     from imagenet_spark.spark.session import build_session, end_session, ship_package
 
     cfg = resolve(TrainConfig, preset=args.config, overrides=args.overrides, explicit=_explicit(args, _TRAIN_FLAGS))
+    check_submitted_conf(barrier=True)  # before Spark starts: some wrong settings hang it or fail it obscurely
     spark = build_session("imagenet-spark train", master=args.master)
     rc = 1
     try:

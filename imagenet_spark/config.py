@@ -317,6 +317,9 @@ class TrainConfig:
     # Fault injection: fail once, on the first attempt, when the global step reaches this (rank fail_rank).
     fail_at_step: typing.Optional[int] = None
     fail_rank: int = 0
+    # Fault injection: on the first attempt, this rank's exchanged TensorFlow port is taken (held open) before
+    # TensorFlow binds it, as another process on its host might; proves the relaunch with fresh ports.
+    inject_port_conflict_rank: typing.Optional[int] = None
     # --- launch
     barrier_timeout_s: int = 600
     slots_wait_s: int = 60
@@ -373,6 +376,9 @@ class TrainConfig:
             raise ConfigError("max_retries", self.max_retries, "must be 0 or more.")
         if self.fail_rank >= self.workers:
             raise ConfigError("fail_rank", self.fail_rank, f"there are only {self.workers} workers.")
+        if self.inject_port_conflict_rank is not None and not 0 <= self.inject_port_conflict_rank < self.workers:
+            raise ConfigError("inject_port_conflict_rank", self.inject_port_conflict_rank,
+                              f"must be a rank below workers={self.workers}.", "pass 0 or none.")
         if self.checkpoint_every_steps < 0:
             raise ConfigError("checkpoint_every_steps", self.checkpoint_every_steps, "must be 0 (epochs only) or more.")
 

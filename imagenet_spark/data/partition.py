@@ -518,7 +518,10 @@ def run_partition(spark: Any, cfg: PartitionConfig) -> dict[str, Any]:
     """Run the whole job with the given SparkSession; returns the manifest (or the dry-run report)."""
     from imagenet_spark.spark.jobs import run_tasks  # the only Spark-facing piece
 
+    from imagenet_spark.spark.preflight import ReadCheck, WriteCheck, check_executor_access, with_absolute_paths
+
     started = time.monotonic()
+    cfg = with_absolute_paths(cfg, "input", "output", "labels_file", "val_labels")
     listing = layouts.discover(cfg.input, layout=cfg.layout, val_labels=cfg.val_labels, labels_file=cfg.labels_file)
     _check_classes(listing)
     log.info("listed %d inputs (+%d archives) in %d classes, layout %s, %.1f s", len(listing.items),
@@ -531,6 +534,11 @@ def run_partition(spark: Any, cfg: PartitionConfig) -> dict[str, Any]:
         log.info("--resume: %s is already a finished dataset; nothing to do", cfg.output)
         return json.loads(fs.read_text(fs.join(cfg.output, MANIFEST)))
     staging = _check_output(cfg)
+    sample = next((i.uri for i in listing.items if not i.reject), listing.archives[0].uri if listing.archives else None)
+    # Executors read the inputs and write the output: check they can, and that it is the driver's storage.
+    check_executor_access(spark, read=[ReadCheck("input", cfg.input, sample)] if sample else [],
+                          write=[WriteCheck("output", cfg.output)],
+                          tasks=max(2, spark.sparkContext.defaultParallelism))
     fs.make_dirs(staging)
     _check_resume(cfg, staging)
     tasks = plan_tasks(listing, cfg.images_per_task)

@@ -33,6 +33,7 @@ from imagenet_spark.distribute.launch import run_worker_process
 from imagenet_spark.distribute.ports import free_port, hold_port
 from imagenet_spark.distribute.progress import ProgressServer, format_progress
 from imagenet_spark.spark.jobs import SparkJobError, run_barrier
+from imagenet_spark.spark.preflight import check_spark_conf, check_training_paths, with_absolute_paths
 from imagenet_spark.tracking import Tracker
 from imagenet_spark.train.loop import RunPlan, read_metrics
 from imagenet_spark.train.planning import make_run_plan, prepare_model_dir
@@ -75,16 +76,7 @@ def available_slots(spark: Any) -> int:
 def check_cluster(spark: Any, cfg: TrainConfig) -> int:
     """Fail fast, with the fix, on settings that make barrier training hang or fail late. Returns the slots."""
     conf = spark.sparkContext.getConf()
-    if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
-        raise LaunchError("spark.dynamicAllocation.enabled=true: barrier stages need a fixed set of executors. "
-                          "Fix: --conf spark.dynamicAllocation.enabled=false.")
-    gpu_amount = conf.get("spark.task.resource.gpu.amount", None)
-    if gpu_amount and not conf.get("spark.executor.resource.gpu.discoveryScript", None) \
-            and not spark.sparkContext.master.startswith("local"):
-        raise LaunchError(f"spark.task.resource.gpu.amount={gpu_amount} but no "
-                          "spark.executor.resource.gpu.discoveryScript: executors cannot report their GPUs. Fix: "
-                          "set the discovery script (conf/spark/getGpusResources.sh) and "
-                          "spark.executor.resource.gpu.amount.")
+    check_spark_conf(dict(conf.getAll()), master=spark.sparkContext.master, barrier=True)
     sync = conf.get("spark.barrier.sync.timeout", None)
     if sync is None:
         log.warning("spark.barrier.sync.timeout is unset (365 days): a lost task could stall the start-up exchange "
@@ -231,15 +223,18 @@ def _checkpoint_position(cfg: TrainConfig, plan: RunPlan) -> int:
 
 def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int | None = None) -> dict[str, Any]:
     """Plan, check, launch, retry. Returns the chief's final result plus the attempts' history."""
+    cfg = with_absolute_paths(cfg, "data", "model_dir")  # executors have another working directory
     plan = make_run_plan(cfg)
-    mode = prepare_model_dir(cfg)
-    if mode == "resume":
-        log.info("model_dir %s holds a run: resuming it (checkpoint at step %d)", cfg.model_dir,
-                 _checkpoint_position(cfg, plan))
     on_driver = cfg.workers == 1 and spark.sparkContext.master.startswith("local")
     if not on_driver:
         slots = check_cluster(spark, cfg)
         log.info("cluster: %d barrier slots for %d workers", slots, cfg.workers)
+        check_training_paths(spark, cfg, tasks=slots)
+    # Only now, every check passed, is the model dir claimed (config.json): a refused launch leaves no trace.
+    mode = prepare_model_dir(cfg)
+    if mode == "resume":
+        log.info("model_dir %s holds a run: resuming it (checkpoint at step %d)", cfg.model_dir,
+                 _checkpoint_position(cfg, plan))
     state: dict[str, Any] = {}
     attempts: list[dict[str, Any]] = []
     failures = port_conflicts = 0
@@ -250,7 +245,8 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
         while True:
             spec = {"config": to_dict(cfg), "plan": plan.to_dict(), "attempt": attempt,
                     "progress": progress.endpoint(), "log_level": logging.getLevelName(log.getEffectiveLevel()),
-                    "inject_port_conflict_rank": inject_port_conflict_rank,
+                    "inject_port_conflict_rank": inject_port_conflict_rank if inject_port_conflict_rank is not None
+                    else cfg.inject_port_conflict_rank,
                     "has_gpu_resources": bool(spark.sparkContext.getConf().get("spark.task.resource.gpu.amount",
                                                                                 None))}
             started = time.monotonic()

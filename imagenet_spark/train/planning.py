@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_JSON = "config.json"
 # Settings that may change when resuming a run (everything else must match the run being resumed).
-_RESUMABLE = {"epochs", "max_retries", "fail_at_step", "fail_rank", "progress_every_s", "slots_wait_s",
+_RESUMABLE = {"epochs", "max_retries", "fail_at_step", "fail_rank", "inject_port_conflict_rank",
+              "progress_every_s", "slots_wait_s",
               "barrier_timeout_s", "overwrite", "checkpoint_every_steps", "keep_checkpoints", "reader_workers",
               "decode_threads", "eval_every_epochs", "network_interface", "track", "tracking_uri", "experiment"}
 
