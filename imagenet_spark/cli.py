@@ -92,6 +92,8 @@ def train_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="fault injection: rank fail_rank crashes once at this global step")
     parser.add_argument("--overwrite", action="store_true", default=None,
                         help="start over in a model dir that holds another run")
+    parser.add_argument("--export", choices=["best", "last"],
+                        help="export the last epoch's weights (default) or the best evaluated epoch's (best_metric)")
     parser.add_argument("--master", default="local[*]",
                         help="Spark master when not launched by spark-submit (default local[*])")
     _common(parser)
@@ -99,7 +101,7 @@ def train_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 _TRAIN_FLAGS = ("data", "model_dir", "model", "workers", "backend", "epochs", "global_batch_size", "image_size",
-                "shard_by", "max_retries", "fail_at_step", "overwrite")
+                "shard_by", "max_retries", "fail_at_step", "overwrite", "export")
 
 
 def run_train_cli(args: argparse.Namespace) -> int:
@@ -121,6 +123,51 @@ def run_train_cli(args: argparse.Namespace) -> int:
         log.error("%s: %s", type(exc).__name__, exc)
     except Exception:  # noqa: BLE001 - same reason: report before the session ends
         log.exception("training failed")
+    finally:
+        end_session(spark, rc)
+    return rc
+
+
+def tune_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(
+        prog="jobs/tune.py", description="Hyperparameter search: each trial a barrier training; keeps the best model.")
+    parser.add_argument("--data", help="dataset written by jobs/partition.py (with a validation split)")
+    parser.add_argument("--model-dir", dest="model_dir",
+                        help="search dir: trial-NNN/ per trial, trials.csv/json, best/saved_model")
+    parser.add_argument("--max-trials", dest="max_trials", type=int, help="trials in all")
+    parser.add_argument("--max-parallel-trials", dest="max_parallel_trials", type=int,
+                        help="trials at once, when the cluster has slots for them")
+    parser.add_argument("--sampler", choices=["tpe", "random"])
+    parser.add_argument("--metric", choices=["val_top1", "val_top5", "val_loss"])
+    parser.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier search there")
+    parser.add_argument("--master", default="local[*]",
+                        help="Spark master when not launched by spark-submit (default local[*])")
+    _common(parser)
+    return parser
+
+
+_TUNE_FLAGS = ("data", "model_dir", "max_trials", "max_parallel_trials", "sampler", "metric", "overwrite")
+
+
+def run_tune_cli(args: argparse.Namespace) -> int:
+    import os
+
+    from imagenet_spark.spark.session import build_session, end_session, ship_package
+    from imagenet_spark.tune import TuneConfig, run_search
+
+    cfg = resolve(TuneConfig, preset=args.config, overrides=args.overrides, explicit=_explicit(args, _TUNE_FLAGS))
+    spark = build_session("imagenet-spark tune", master=args.master)
+    rc = 1
+    try:
+        ship_package(spark)
+        result = run_search(spark, cfg, preset_dir=os.path.dirname(os.path.abspath(args.config)) if args.config
+                            else None)
+        log.info("best: %s", json.dumps(result.get("best", {})))
+        rc = 0
+    except ImagenetSparkError as exc:  # logged here: end_session may end the JVM that carries our output
+        log.error("%s: %s", type(exc).__name__, exc)
+    except Exception:  # noqa: BLE001 - same reason: report before the session ends
+        log.exception("search failed")
     finally:
         end_session(spark, rc)
     return rc
@@ -234,6 +281,8 @@ _COMMANDS: dict[str, tuple[str, Callable[..., argparse.ArgumentParser], Callable
                   run_partition_cli),
     "fake-data": ("write a synthetic, learnable ImageNet-layout tree", fake_data_parser, run_fake_data_cli),
     "train": ("train in a Spark barrier stage (same flags as jobs/train_barrier.py)", train_parser, run_train_cli),
+    "tune": ("hyperparameter search, each trial a barrier training (same flags as jobs/tune.py)", tune_parser,
+             run_tune_cli),
     "predict": ("top-k classes for images, or batch inference on Spark with --output", predict_parser,
                 run_predict_cli),
     "report": ("render curves, LR schedule, throughput and a prediction grid to PNG + report.html", _report_parser,

@@ -261,6 +261,9 @@ class PartitionConfig:
 BACKENDS = ("off", "mirrored", "mwms", "horovod")
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+EXPORTS = ("last", "best")
+# Validation metrics an epoch records, and whether larger is better (the search and --export best use them).
+VAL_METRICS = {"val_top1": True, "val_top5": True, "val_loss": False}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -328,6 +331,14 @@ class TrainConfig:
     network_interface: typing.Optional[str] = None
     # The resume contract: a model dir already holding checkpoints is resumed, never silently restarted.
     overwrite: bool = False
+    # --- what is exported, and where a run pauses
+    # last: the weights after the final epoch; best: the evaluated epoch with the best ``best_metric`` (kept
+    # as its own checkpoint, checkpoints/best/, so a later worse epoch cannot overwrite it).
+    export: str = "last"
+    best_metric: str = "val_top1"
+    # Stop (checkpointed, resumable, not exported) after this epoch while the learning-rate schedule still
+    # spans ``epochs``: how the search (jobs/tune.py) runs a trial to a rung and decides whether to continue.
+    stop_at_epoch: typing.Optional[int] = None
     # --- tracking: MLflow run per training (a file store beside the model dir unless a URI is given/set)
     track: bool = True
     tracking_uri: typing.Optional[str] = None
@@ -374,6 +385,12 @@ class TrainConfig:
             raise ConfigError("image_size", self.image_size, "must be at least 16 pixels.")
         if self.max_retries < 0:
             raise ConfigError("max_retries", self.max_retries, "must be 0 or more.")
+        if self.export not in EXPORTS:
+            raise ConfigError("export", self.export, f"must be one of {', '.join(EXPORTS)}.")
+        if self.best_metric not in VAL_METRICS:
+            raise ConfigError("best_metric", self.best_metric, f"unknown metric; known: {', '.join(VAL_METRICS)}.")
+        if self.stop_at_epoch is not None and not 1 <= self.stop_at_epoch:
+            raise ConfigError("stop_at_epoch", self.stop_at_epoch, "must be 1 or more (or none).")
         if self.fail_rank >= self.workers:
             raise ConfigError("fail_rank", self.fail_rank, f"there are only {self.workers} workers.")
         if self.inject_port_conflict_rank is not None and not 0 <= self.inject_port_conflict_rank < self.workers:

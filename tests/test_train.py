@@ -88,6 +88,54 @@ def test_resume_after_injected_crash_reaches_the_planned_epochs(spark, dataset, 
     assert (model_dir / "saved_model" / "saved_model.pb").exists()
 
 
+_WEIGHTS_SCRIPT = """
+import sys, numpy as np, tensorflow as tf
+def fingerprint(arrays):
+    return sorted((tuple(a.shape), round(float(np.sum(a)), 3), round(float(np.sum(np.abs(a))), 3)) for a in arrays)
+m = tf.saved_model.load(sys.argv[1])
+exported = fingerprint([v.numpy() for v in m.model_variables])
+for ckpt in sys.argv[2:]:
+    r = tf.train.load_checkpoint(ckpt)
+    names = [n for n in r.get_variable_to_shape_map() if n.startswith("model/") and "OPTIMIZER_SLOT" not in n]
+    print(fingerprint([r.get_tensor(n) for n in names]) == exported)
+"""
+
+
+@pytest.mark.slow
+def test_pause_at_an_epoch_then_export_the_best_epoch(spark, dataset, tmp_path):
+    """stop_at_epoch pauses a 2-worker MWMS run (checkpointed, not exported); the same command resumes it; with
+    export=best the SavedModel holds the weights of the epoch with the best val_top1, kept in checkpoints/best."""
+    model_dir = tmp_path / "m"
+    paused = run_training(spark, _train_cfg(dataset, model_dir, export="best", stop_at_epoch=1))
+    assert paused["stopped_at_epoch"] == 1 and not (model_dir / "saved_model").exists()
+    assert paused["best"]["epoch"] == 1
+    done = run_training(spark, _train_cfg(dataset, model_dir, export="best"))
+    history = json.loads((model_dir / "metrics.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    values = [r["val_top1"] for r in history]
+    best_epoch = values.index(max(values)) + 1  # the first of equal values: a later tie does not replace it
+    assert done["best"] == {"epoch": best_epoch, "metric": "val_top1", "value": max(values)}
+    assert done["exported"] == "best"
+    best_ckpt = str(model_dir / "checkpoints" / "best" / f"ckpt-{best_epoch}")
+    last_ckpt = str(model_dir / "checkpoints" / "ckpt-21")
+    proc = subprocess.run([sys.executable, "-c", _WEIGHTS_SCRIPT, str(model_dir / "saved_model"), best_ckpt,
+                           last_ckpt], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same_as_best, same_as_last = proc.stdout.split()[-2:]
+    assert same_as_best == "True", "the export holds the best epoch's weights"
+    assert same_as_last == str(best_epoch == 3), "and not the last epoch's, unless the last was the best"
+    with pytest.raises(DatasetError, match="export='best'.*no validation split"):
+        from imagenet_spark.train.planning import make_run_plan
+
+        no_val = tmp_path / "noval"
+        no_val.mkdir()
+        for name in ("manifest.json", "labels.txt"):
+            (no_val / name).write_bytes((dataset / name).read_bytes())
+        os.symlink(dataset / "train", no_val / "train")
+        make_run_plan(_train_cfg(no_val, tmp_path / "m2", export="best"))
+
+
 @pytest.mark.slow
 def test_port_taken_between_exchange_and_bind_is_relaunched(spark, dataset, tmp_path):
     result = run_training(spark, _train_cfg(dataset, tmp_path / "m", epochs=1, warmup_epochs=0, max_retries=0),

@@ -62,6 +62,12 @@ def _local_slots(master: str) -> int | None:
     return None
 
 
+def runs_in_driver_jvm(master: str) -> bool:
+    """local / local[N]: executors live in the driver's JVM, so a one-worker training runs as a driver subprocess
+    (local-cluster has separate executor JVMs, like a real cluster, and gets a barrier stage)."""
+    return master == "local" or master.startswith("local[")
+
+
 def available_slots(spark: Any) -> int:
     """Barrier task slots the cluster has right now (what Spark itself checks for gang scheduling)."""
     sc = spark.sparkContext
@@ -197,15 +203,15 @@ def _driver_host(spark: Any) -> str:
     return conf.get("spark.driver.bindAddress", None) or conf.get("spark.driver.host", None) or "127.0.0.1"
 
 
-def _progress_logger(state: dict[str, Any], tracker: Tracker) -> Any:
+def _progress_logger(state: dict[str, Any], tracker: Tracker, prefix: str = "") -> Any:
     def on_message(msg: dict[str, Any]) -> None:
         state["last"] = msg
         tracker.log_epoch(msg)  # ignores non-epoch messages
         state.setdefault("first_step_at", time.monotonic())
         try:
-            log.info("%s", format_progress(msg))
+            log.info("%s%s", prefix, format_progress(msg))
         except (KeyError, TypeError, ValueError):
-            log.info("progress: %s", msg)
+            log.info("%sprogress: %s", prefix, msg)
 
     return on_message
 
@@ -221,11 +227,14 @@ def _checkpoint_position(cfg: TrainConfig, plan: RunPlan) -> int:
     return max(steps, default=0)
 
 
-def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int | None = None) -> dict[str, Any]:
-    """Plan, check, launch, retry. Returns the chief's final result plus the attempts' history."""
+def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int | None = None,
+                 label: str | None = None) -> dict[str, Any]:
+    """Plan, check, launch, retry. Returns the chief's final result plus the attempts' history.
+
+    ``label`` (e.g. "trial 3") prefixes the progress lines, for several trainings running at once."""
     cfg = with_absolute_paths(cfg, "data", "model_dir")  # executors have another working directory
     plan = make_run_plan(cfg)
-    on_driver = cfg.workers == 1 and spark.sparkContext.master.startswith("local")
+    on_driver = cfg.workers == 1 and runs_in_driver_jvm(spark.sparkContext.master)
     if not on_driver:
         slots = check_cluster(spark, cfg)
         log.info("cluster: %d barrier slots for %d workers", slots, cfg.workers)
@@ -240,7 +249,8 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
     failures = port_conflicts = 0
     attempt = 0
     tracker = Tracker(uri=cfg.tracking_uri, experiment=cfg.experiment, enabled=cfg.track)
-    with tracker, ProgressServer(_driver_host(spark), _progress_logger(state, tracker)) as progress:
+    with tracker, ProgressServer(_driver_host(spark), _progress_logger(state, tracker, f"{label}: " if label else "")) \
+            as progress:
         tracker.start(cfg)
         while True:
             spec = {"config": to_dict(cfg), "plan": plan.to_dict(), "attempt": attempt,
@@ -258,7 +268,8 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
                                                 rank=0)
                 else:
                     outputs = run_barrier(spark, cfg.workers, lambda it: _barrier_task(spec, it),
-                                          description=f"imagenet-spark train {cfg.model} attempt {attempt}")
+                                          description=f"imagenet-spark train {cfg.model} attempt {attempt}"
+                                                      + (f" ({label})" if label else ""))
                     result = json.loads(outputs[0])
                 first = state.get("first_step_at")
                 attempts.append({"attempt": attempt, "status": "ok", "seconds": round(time.monotonic() - started, 1),

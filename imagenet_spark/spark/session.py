@@ -60,6 +60,7 @@ def end_session(spark: Any, exit_code: int) -> None:
     spark.stop()
     if local and under_spark_submit():
         logging.shutdown()
+        logging.disable(logging.CRITICAL)  # py4j reports the connection the exit cuts; that is expected, not news
         try:
             jvm.java.lang.System.exit(exit_code)
         except Exception:  # noqa: BLE001 - the JVM is gone before py4j can answer; that is the point

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from imagenet_spark.config import TrainConfig
+from imagenet_spark.config import VAL_METRICS, TrainConfig
 from imagenet_spark.data import fs
 from imagenet_spark.data.sharding import ShardPlan
 from imagenet_spark.distribute.context import WorkerContext
@@ -37,6 +37,7 @@ METRICS = "metrics.json"
 TENSORBOARD = "tensorboard"
 SAVED_MODEL = "saved_model"
 LABELS = "labels.txt"
+BEST = "best"  # checkpoints/best/: the best evaluated epoch's weights (export=best)
 INJECTED_CRASH_EXIT = 13
 
 Reporter = Callable[[dict[str, Any]], None]
@@ -128,28 +129,57 @@ def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Report
                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch",
                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        # The best evaluated epoch so far (score: the metric, negated when smaller is better), checkpointed with
+        # the run so a resumed run keeps comparing against it.
+        best_score = tf.Variable(-math.inf, dtype=tf.float64, trainable=False, name="best_score",
+                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch",
+                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     train_steps, eval_steps = make_step_functions(cfg, backend, model, optimizer, sums, num_classes=plan.num_classes)
 
     # --- checkpoints and resume
     ckpt_dir = fs.join(cfg.model_dir, CHECKPOINTS)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, step_in_epoch=step_var)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, step_in_epoch=step_var,
+                                     best_score=best_score, best_epoch=best_epoch)
     manager = tf.train.CheckpointManager(checkpoint, _local_or_uri(ckpt_dir), max_to_keep=cfg.keep_checkpoints)
+    best_checkpoint = tf.train.Checkpoint(model=model)  # weights only: what the export needs
+    best_manager = tf.train.CheckpointManager(best_checkpoint, _local_or_uri(fs.join(ckpt_dir, BEST)), max_to_keep=1)
+    larger_is_better = VAL_METRICS[cfg.best_metric]
     latest = tf.train.latest_checkpoint(_local_or_uri(ckpt_dir))
     if latest:
         checkpoint.restore(latest).expect_partial()
         log.info("rank %d: resumed from %s (epoch %d, step %d)", ctx.rank, latest, int(epoch_var.numpy()),
                  int(step_var.numpy()))
 
+    def save(mgr: Any, ckpt: Any, number: int) -> str | None:
+        if ctx.is_chief:
+            return str(mgr.save(checkpoint_number=number))
+        if backend.save_on_all_ranks:  # every worker must take part (collectives); only the chief's copy is kept
+            tmp = tempfile.mkdtemp(prefix=f"ckpt-rank{ctx.rank}-")
+            ckpt.write(os.path.join(tmp, "ckpt"))
+            shutil.rmtree(tmp, ignore_errors=True)
+        return None
+
     def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
         epoch_var.assign(epoch)
         step_var.assign(step_in_epoch)
-        if ctx.is_chief:
-            path = manager.save(checkpoint_number=epoch * plan.steps_per_epoch + step_in_epoch)
+        path = save(manager, checkpoint, epoch * plan.steps_per_epoch + step_in_epoch)
+        if path:
             log.info("checkpoint %s (epoch %d, step %d)", path, epoch, step_in_epoch)
-        elif backend.save_on_all_ranks:  # every worker must take part (collectives); only the chief's copy is kept
-            tmp = tempfile.mkdtemp(prefix=f"ckpt-rank{ctx.rank}-")
-            checkpoint.write(os.path.join(tmp, "ckpt"))
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def keep_if_best(record: dict[str, Any]) -> None:
+        """Every rank decides alike (the metric is already reduced across workers), so the save stays collective."""
+        value = record.get(cfg.best_metric)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        score = value if larger_is_better else -value
+        if score > float(best_score.numpy()):
+            best_score.assign(score)
+            best_epoch.assign(record["epoch"])
+            save(best_manager, best_checkpoint, record["epoch"])
+            if ctx.is_chief:
+                log.info("best so far: epoch %d, %s=%.4f (checkpoints/%s)", record["epoch"], cfg.best_metric, value,
+                         BEST)
 
     start_epoch, start_step = int(epoch_var.numpy()), int(step_var.numpy())
     total_steps = plan.total_steps
@@ -158,7 +188,8 @@ def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Report
         log.info("rank %d: checkpoint already at the planned %d steps; nothing to train", ctx.rank, total_steps)
     history = read_metrics(cfg.model_dir)[:start_epoch] if ctx.is_chief else []
 
-    seed = cfg.seed + 7919 * ctx.attempt  # a resumed attempt reshuffles instead of replaying the same batches
+    # A relaunch (a retry, or the next segment of a paused run) reshuffles instead of replaying the first batches.
+    seed = cfg.seed + 7919 * ctx.attempt + 104729 * global_step
     train_ds = backend.distribute(lambda: train_dataset(
         data=cfg.data, cfg=cfg, ctx=ctx, plan=plan.train, num_classes=plan.num_classes,
         image_size=plan.image_size, mean=plan.mean, std=plan.std, seed=seed))
@@ -171,12 +202,13 @@ def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Report
     writer = tf.summary.create_file_writer(_local_or_uri(fs.join(cfg.model_dir, TENSORBOARD))) if ctx.is_chief else None
     steps_per_loop = _steps_per_loop(cfg, plan.steps_per_epoch)
     epochs_total = math.ceil(total_steps / plan.steps_per_epoch)
+    end_epoch = min(epochs_total, cfg.stop_at_epoch) if cfg.stop_at_epoch else epochs_total
     run_started = time.monotonic()
     last_report = 0.0
     first = True
     last: dict[str, Any] = history[-1] if history else {}
 
-    for epoch in range(start_epoch, epochs_total):
+    for epoch in range(start_epoch, end_epoch):
         epoch_steps = min(plan.steps_per_epoch, total_steps - epoch * plan.steps_per_epoch)
         step = start_step if epoch == start_epoch else 0
         for name in ("loss", "top1", "top5", "count"):
@@ -237,6 +269,8 @@ def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Report
                 "val_images": int(round(backend.sum_across_workers(float(sums["val_count"].result())))),
             })
         record["wall_time_s"] = round(time.monotonic() - epoch_started, 2)
+        if cfg.export == "best":
+            keep_if_best(record)
         save_checkpoint(epoch + 1, 0)
         last = record
         if ctx.is_chief:
@@ -253,14 +287,24 @@ def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Report
                 report({"event": "epoch", **record, "epochs": epochs_total})
         start_step = 0
 
+    best = {"epoch": int(best_epoch.numpy()), "metric": cfg.best_metric,
+            "value": float(best_score.numpy()) * (1 if larger_is_better else -1)} if int(best_epoch.numpy()) else None
+    done = {"metrics": last, "epochs": len(history) if ctx.is_chief else None, "global_step": global_step,
+            "best": best}
+    if end_epoch < epochs_total:  # paused at stop_at_epoch: resumable, nothing exported (same on every rank)
+        log.info("rank %d: stopped after epoch %d of %d (stop_at_epoch)", ctx.rank, end_epoch, epochs_total)
+        return {**done, "stopped_at_epoch": end_epoch}
     # Reading the weights is a collective under MWMS (batch-norm statistics are sync-on-read): every rank
     # reads them, then only the chief exports, from a strategy-free copy.
     weights = model.get_weights()
     consistency = backend.replica_consistency(weights)  # a collective under Horovod: every rank calls it
     if ctx.is_chief:
-        _export(cfg, plan, weights)
-    return {"metrics": last, "epochs": len(history) if ctx.is_chief else None, "global_step": global_step,
-            **consistency}
+        best_path = tf.train.latest_checkpoint(_local_or_uri(fs.join(ckpt_dir, BEST))) if cfg.export == "best" else None
+        if cfg.export == "best" and not best_path:
+            log.warning("export=best but no evaluated epoch was kept (no validation metric %s): exporting the last "
+                        "weights", cfg.best_metric)
+        _export(cfg, plan, weights, best_checkpoint=best_path)
+    return {**done, "exported": "best" if cfg.export == "best" and best else "last", **consistency}
 
 
 def make_step_functions(cfg: TrainConfig, backend: Any, model: Any, optimizer: Any, sums: dict[str, Any], *,
@@ -345,8 +389,9 @@ def _local_or_uri(uri: str) -> str:
     return fs.normalize(uri) if "://" not in fs.normalize(uri) else uri
 
 
-def _export(cfg: TrainConfig, plan: RunPlan, weights: list[Any]) -> None:
-    """Export the serving SavedModel from a strategy-free copy of the trained model (no collectives needed)."""
+def _export(cfg: TrainConfig, plan: RunPlan, weights: list[Any], *, best_checkpoint: str | None = None) -> None:
+    """Export the serving SavedModel from a strategy-free copy of the trained model (no collectives needed):
+    the final ``weights``, or the weights kept in ``best_checkpoint`` (restored into the plain copy)."""
     import tensorflow as tf
 
     from imagenet_spark.models import build
@@ -355,7 +400,11 @@ def _export(cfg: TrainConfig, plan: RunPlan, weights: list[Any]) -> None:
     with tf.distribute.get_strategy().scope():
         plain = build(cfg.model, num_classes=plan.num_classes, image_size=plan.image_size, batch_norm=cfg.batch_norm,
                       dropout=cfg.dropout, bn_momentum=cfg.bn_momentum, dtype_policy=cfg.precision)
-    plain.set_weights(weights)
+    if best_checkpoint:
+        tf.train.Checkpoint(model=plain).restore(best_checkpoint).expect_partial()
+        log.info("exporting the best epoch's weights from %s", best_checkpoint)
+    else:
+        plain.set_weights(weights)
     labels_uri = fs.join(cfg.model_dir, LABELS)
     labels = fs.read_text(labels_uri) if fs.exists(labels_uri) else None
     export_saved_model(plain, _local_or_uri(fs.join(cfg.model_dir, SAVED_MODEL)), model_name=cfg.model,

@@ -25,7 +25,8 @@ CONFIG_JSON = "config.json"
 _RESUMABLE = {"epochs", "max_retries", "fail_at_step", "fail_rank", "inject_port_conflict_rank",
               "progress_every_s", "slots_wait_s",
               "barrier_timeout_s", "overwrite", "checkpoint_every_steps", "keep_checkpoints", "reader_workers",
-              "decode_threads", "eval_every_epochs", "network_interface", "track", "tracking_uri", "experiment"}
+              "decode_threads", "eval_every_epochs", "network_interface", "track", "tracking_uri", "experiment",
+              "stop_at_epoch"}
 
 
 def make_run_plan(cfg: TrainConfig) -> RunPlan:
@@ -47,6 +48,9 @@ def make_run_plan(cfg: TrainConfig) -> RunPlan:
     if fs.exists(fs.join(cfg.data, "validation", "_common_metadata")):
         validation = load_plan(cfg.data, "validation", workers=cfg.workers, per_worker_batch=cfg.per_worker_batch,
                                drop_remainder=False)
+    if cfg.export == "best" and validation is None:
+        raise DatasetError(f"export='best' keeps the epoch with the best {cfg.best_metric}, but {cfg.data} has no "
+                           "validation split. Fix: --set export=last, or partition a dataset with validation images.")
     total = steps_for(cfg.epochs, train.steps_per_epoch)
     plan = RunPlan(num_classes=len(labels), image_size=image_size, eval_resize=eval_resize, mean=info.mean,
                    std=info.std, train=train, validation=validation, steps_per_epoch=train.steps_per_epoch,
