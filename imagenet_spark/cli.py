@@ -140,13 +140,15 @@ def tune_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     parser.add_argument("--sampler", choices=["tpe", "random"])
     parser.add_argument("--metric", choices=["val_top1", "val_top5", "val_loss"])
     parser.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier search there")
+    parser.add_argument("--resume", action="store_true", default=None,
+                        help="continue a search whose driver died: keep finished trials, resume unfinished ones")
     parser.add_argument("--master", default="local[*]",
                         help="Spark master when not launched by spark-submit (default local[*])")
     _common(parser)
     return parser
 
 
-_TUNE_FLAGS = ("data", "model_dir", "max_trials", "max_parallel_trials", "sampler", "metric", "overwrite")
+_TUNE_FLAGS = ("data", "model_dir", "max_trials", "max_parallel_trials", "sampler", "metric", "overwrite", "resume")
 
 
 def run_tune_cli(args: argparse.Namespace) -> int:

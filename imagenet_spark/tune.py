@@ -88,6 +88,9 @@ class TuneConfig:
     # Values tried first, one mapping per trial (known-good settings, or a grid to compare against).
     enqueue: tuple[dict[str, Any], ...] = ()
     overwrite: bool = False
+    # Continue a search whose driver died: finished trials are kept (and told to the sampler), unfinished ones
+    # resume from their checkpoints with the same values, then the remaining trials run.
+    resume: bool = False
     # Stop starting trials after this many failed in a row: a shared cause (a bad path, a broken setting) would
     # otherwise fail every remaining trial, one cluster launch after another.
     stop_after_failures: int = 3
@@ -111,6 +114,8 @@ class TuneConfig:
         if self.early_stopping not in EARLY_STOPPING:
             raise ConfigError("early_stopping", self.early_stopping,
                               f"unknown rule; known: {', '.join(EARLY_STOPPING)}.")
+        if self.overwrite and self.resume:
+            raise ConfigError("resume", self.resume, "--resume and --overwrite contradict each other.", "pick one.")
         if self.stop_after_failures < 1:
             raise ConfigError("stop_after_failures", self.stop_after_failures, "must be at least 1.")
         if self.min_epochs < 1:
@@ -199,10 +204,15 @@ def make_study(cfg: TuneConfig, *, direction: str) -> Any:
         pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
     else:
         pruner = optuna.pruners.NopPruner()
-    study = optuna.create_study(direction=direction, sampler=sampler, pruner=pruner)
-    for values in cfg.enqueue:
-        study.enqueue_trial(dict(values))
-    return study
+    return optuna.create_study(direction=direction, sampler=sampler, pruner=pruner)
+
+
+def ask_trial(study: Any, distributions: Mapping[str, Any], fixed: Mapping[str, Any] | None = None) -> Any:
+    """The next trial: the sampler's proposal, or ``fixed`` values (an ``enqueue`` entry, or a resumed trial's).
+    Asked from the driver's main thread only, so the queue holds at most this one entry."""
+    if fixed:
+        study.enqueue_trial(dict(fixed))
+    return study.ask(dict(distributions))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,16 +364,59 @@ def export_best(cfg: TuneConfig, record: TrialRecord) -> str:
     return target
 
 
-def _prepare_root(cfg: TuneConfig) -> None:
-    """A search dir holding an earlier search is refused (its trials would be mixed in) unless --overwrite."""
+def _prepare_root(cfg: TuneConfig) -> list[TrialRecord]:
+    """Start, resume or refuse; returns the trials to keep. A search dir holding an earlier search is refused
+    (its trials would be mixed in) unless --overwrite (start over) or --resume (continue it)."""
     root = cfg.model_dir
+    state = fs.join(root, TRIALS_JSON)
+    if cfg.resume:
+        if not fs.exists(state):
+            raise TuneError(f"resume: {state} does not exist, so there is no search to continue. Fix: drop --resume.")
+        doc = json.loads(fs.read_text(state))
+        changed = sorted(k for k in ("space", "metric", "train", "train_preset", "early_stopping", "min_epochs",
+                                     "reduction_factor") if doc.get("config", {}).get(k) != to_dict(cfg).get(k))
+        if changed:
+            raise TuneError(f"resume: {changed[0]} differs from the search in {root} "
+                            f"({doc['config'].get(changed[0])!r} there). Fix: resume with the same settings, or "
+                            "--overwrite to start over.")
+        fields = {f.name for f in dataclasses.fields(TrialRecord)}
+        return [TrialRecord(**{k: v for k, v in t.items() if k in fields}) for t in doc["trials"]]
     if fs.exists(root) and fs.list_dir(root):
         if not cfg.overwrite:
-            raise TuneError(f"model_dir={root!r} already holds files (an earlier search?). Fix: pass --overwrite to "
-                            "start over there, or use another --model-dir.")
+            hint = " pass --resume to continue it," if fs.exists(state) else ""
+            raise TuneError(f"model_dir={root!r} already holds files (an earlier search?). Fix:{hint} pass "
+                            "--overwrite to start over there, or use another --model-dir.")
         for entry in fs.list_dir(root):
             fs.delete(entry.uri)
     fs.make_dirs(root)
+    return []
+
+
+def _replay(study: Any, record: TrialRecord, distributions: Mapping[str, Any]) -> None:
+    """Tell the sampler and the pruner about a trial finished by an earlier driver."""
+    import optuna
+    from optuna.trial import TrialState
+
+    state = {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(record.status, TrialState.FAIL)
+    dists = {k: v for k, v in distributions.items() if k in record.params}
+    intermediate = {record.stopped_at_epoch: record.best} if record.stopped_at_epoch and record.best is not None \
+        else {}
+    study.add_trial(optuna.trial.create_trial(
+        params=record.params, distributions=dists, state=state,
+        value=record.best if state == TrialState.COMPLETE else None, intermediate_values=intermediate))
+
+
+def plan_parallel(*, slots: int, workers: int, max_parallel_trials: int, max_trials: int) -> tuple[int, str]:
+    """How many trials run at once, and the sentence the driver logs about it."""
+    fit = max(1, slots // workers)
+    parallel = min(max_parallel_trials, fit, max_trials)
+    if parallel == 1:
+        why = "" if max_parallel_trials == 1 or max_trials == 1 else \
+            f": the cluster has {slots} slots, room for one barrier stage of {workers} workers " \
+            f"(max_parallel_trials={max_parallel_trials} needs {max_parallel_trials * workers})"
+        return 1, f"trials run one after another{why}"
+    note = f" (the cluster's {slots} slots fit {fit})" if parallel < max_parallel_trials else ""
+    return parallel, f"{parallel} trials run at once, {workers} worker(s) each{note}"
 
 
 def _resolve_train_preset(cfg: TuneConfig, preset_dir: str | None) -> dict[str, Any]:
@@ -392,19 +445,21 @@ def run_search(spark: Any, cfg: TuneConfig, *, preset_dir: str | None = None) ->
                   early_stopping=cfg.early_stopping)
     on_driver = probe.workers == 1 and spark.sparkContext.master.startswith("local")
     slots = check_cluster(spark, probe) if not on_driver else max(1, spark.sparkContext.defaultParallelism)
-    fit = max(1, slots // probe.workers)
-    parallel = min(cfg.max_parallel_trials, fit, cfg.max_trials)
-    if parallel < cfg.max_parallel_trials:
-        log.info("the cluster has %d slots: %d trial(s) of %d worker(s) at once, not the %d asked for "
-                 "(max_parallel_trials)", slots, parallel, probe.workers, cfg.max_parallel_trials)
-    log.info("search: %d trials, %s, %s on %s (%s); %s", cfg.max_trials,
-             "one at a time" if parallel == 1 else f"{parallel} at once", cfg.sampler, cfg.metric,
+    parallel, how = plan_parallel(slots=slots, workers=probe.workers, max_parallel_trials=cfg.max_parallel_trials,
+                                  max_trials=cfg.max_trials)
+    log.info("search: %d trials, %s; %s on %s (%s); %s", cfg.max_trials, how, cfg.sampler, cfg.metric,
              "larger is better" if larger else "smaller is better",
              f"early stopping ({cfg.early_stopping}) at epochs {stops}" if stops else "no early stopping")
-    _prepare_root(cfg)
+    kept = _prepare_root(cfg)
     study = make_study(cfg, direction="maximize" if larger else "minimize")
     distributions = {k: parse_param(k, v) for k, v in cfg.space.items()}
-    records: list[TrialRecord] = []
+    records: list[TrialRecord] = [r for r in kept if r.status != "running"]
+    for record in records:
+        _replay(study, record, distributions)
+    unfinished = [r for r in kept if r.status == "running"]
+    if kept:
+        log.info("resuming the search: %d trial(s) finished before, %d to continue (%s)", len(records),
+                 len(unfinished), ", ".join(str(r.trial) for r in unfinished) or "none")
     lock = threading.Lock()
     started = time.monotonic()
 
@@ -415,7 +470,7 @@ def run_search(spark: Any, cfg: TuneConfig, *, preset_dir: str | None = None) ->
     running: dict[Future[None], TrialRecord] = {}
     stopped = ""
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="trial") as pool:
-        for number in range(cfg.max_trials):
+        for number in sorted({r.trial for r in unfinished} | set(range(len(kept), cfg.max_trials))):
             while len(running) >= parallel:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -423,11 +478,16 @@ def run_search(spark: Any, cfg: TuneConfig, *, preset_dir: str | None = None) ->
                     checkpoint_results()
             stopped = _failure_streak(records, cfg.stop_after_failures)
             if stopped:
-                log.error("%s; not starting the remaining %d trial(s)", stopped, cfg.max_trials - number)
+                log.error("%s; not starting the remaining trial(s) from trial %d on", stopped, number)
                 break
-            trial = study.ask(distributions)
+            previous = next((r for r in unfinished if r.trial == number), None)
+            # a resumed trial gets its values again, and so resumes from its own checkpoints
+            fixed = previous.params if previous else cfg.enqueue[number] if number < len(cfg.enqueue) else None
+            trial = ask_trial(study, distributions, fixed)
             record = TrialRecord(trial=number, params=dict(trial.params))
             records.append(record)
+            records.sort(key=lambda r: r.trial)
+            checkpoint_results()  # the trial's values are on disk before it starts: a new driver can resume it
             log.info("trial %d: %s", number, ", ".join(f"{k}={_short(v)}" for k, v in sorted(record.params.items())))
             running[pool.submit(_run_trial, spark, cfg, study, trial, record, base, stops, larger=larger)] = record
         for future in list(running):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from imagenet_spark.config import ConfigError, resolve
-from imagenet_spark.tune import (TrialRecord, TuneConfig, _failure_streak, _write_results, make_study, parse_param,
-                                 rungs, summary_table, trial_config)
+from imagenet_spark.tune import (TrialRecord, TuneConfig, _failure_streak, _write_results, ask_trial, make_study,
+                                 parse_param, plan_parallel, rungs, summary_table, trial_config)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ def test_samplers_stay_in_the_space_and_try_enqueued_values_first(sampler):
     dists = {k: p(k, v) for k, v in cfg.space.items()}
     seen = []
     for i in range(8):
-        trial = study.ask(dists)
+        trial = ask_trial(study, dists, cfg.enqueue[i] if i < len(cfg.enqueue) else None)
         seen.append(trial.params)
         study.tell(trial, 1.0 - abs(trial.params["base_lr"] - 0.3))  # an objective with a clear optimum
     assert seen[0] == {"base_lr": 0.4, "global_batch_size": 64}
@@ -116,6 +116,17 @@ def test_median_rule_stops_a_trial_behind_at_the_rung():
     ahead.report(0.8, step=1)
     assert behind.should_prune() and not ahead.should_prune()
     study.tell(behind, state=optuna.trial.TrialState.PRUNED)
+
+
+def test_parallel_trials_fit_the_slots_and_the_driver_says_which():
+    assert plan_parallel(slots=4, workers=2, max_parallel_trials=2, max_trials=8) == \
+        (2, "2 trials run at once, 2 worker(s) each")
+    assert plan_parallel(slots=6, workers=2, max_parallel_trials=4, max_trials=8) == \
+        (3, "3 trials run at once, 2 worker(s) each (the cluster's 6 slots fit 3)")
+    assert plan_parallel(slots=2, workers=2, max_parallel_trials=2, max_trials=8) == \
+        (1, "trials run one after another: the cluster has 2 slots, room for one barrier stage of 2 workers "
+            "(max_parallel_trials=2 needs 4)")
+    assert plan_parallel(slots=8, workers=1, max_parallel_trials=1, max_trials=8)[1] == "trials run one after another"
 
 
 def test_a_run_of_failures_stops_the_search_but_one_does_not():
@@ -161,7 +172,7 @@ def test_search_on_local_cluster_stops_early_survives_a_failure_and_keeps_the_be
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
-    assert "search: 4 trials, 2 at once" in out
+    assert "search: 4 trials, 2 trials run at once, 1 worker(s) each;" in out
     assert "trial 3: epoch 1/3 done" in out, "progress lines say which trial they belong to"
 
     doc = json.loads((search / "trials.json").read_text())
@@ -185,3 +196,54 @@ def test_search_on_local_cluster_stops_early_survives_a_failure_and_keeps_the_be
         (Path(best["model_dir"]) / "saved_model" / "saved_model.pb").read_bytes()
     csv_lines = (search / "trials.csv").read_text().splitlines()
     assert len(csv_lines) == 5 and csv_lines[0].startswith("trial,status,val_top1,")
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_search_driver_killed_mid_trial_then_resumed(dataset, tmp_path):
+    """spark-submit (local[2]) is SIGKILLed while trial 1 trains; the same command with --resume keeps trial 0 as
+    it was, resumes trial 1 with the same values from its checkpoint (no epoch recorded twice), runs trial 2."""
+    import signal
+    import time
+
+    search = tmp_path / "search"
+    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
+           "--driver-java-options", f"-Dlog4j2.configurationFile={REPO / 'conf/spark/log4j2.properties'}",
+           str(REPO / "jobs/tune.py"), "--config", str(REPO / "conf/tune/smoke.yaml"), "--data", str(dataset),
+           "--model-dir", str(search), "--max-trials", "3", "--max-parallel-trials", "1", "--sampler", "random",
+           "--set", "early_stopping=none", "--set", "train.epochs=4"]
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1",
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    log_file = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+                             start_new_session=True)
+    metrics = search / "trial-001" / "metrics.json"
+    deadline = time.monotonic() + 600
+    try:
+        while not (metrics.exists() and json.loads(metrics.read_text())):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "trial 1 never finished an epoch"
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    before = json.loads((search / "trials.json").read_text())
+    assert [(t["trial"], t["status"]) for t in before["trials"]] == [(0, "completed"), (1, "running")]
+    trial0_mtime = (search / "trial-000" / "metrics.json").stat().st_mtime_ns
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    out = again.stdout + again.stderr
+    assert again.returncode == 1 and "pass --resume to continue it" in out, out[-3000:]
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out[-5000:]
+    assert "resuming the search: 1 trial(s) finished before, 1 to continue (1)" in out
+    doc = json.loads((search / "trials.json").read_text())
+    trials = {t["trial"]: t for t in doc["trials"]}
+    assert [t["status"] for t in doc["trials"]] == ["completed"] * 3
+    assert trials[0] == before["trials"][0], "a finished trial is kept as it was"
+    assert trials[1]["params"] == before["trials"][1]["params"], "the unfinished trial resumes with its values"
+    assert (search / "trial-000" / "metrics.json").stat().st_mtime_ns == trial0_mtime
+    history = json.loads((search / "trial-001" / "metrics.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4], "resumed from its checkpoint, each epoch once"
+    assert (search / "best" / "saved_model" / "saved_model.pb").exists()
