@@ -149,6 +149,57 @@ def choose_iface(host: str) -> str | None:
     return None
 
 
+def gloo_hostname_address(hostname: str | None = None) -> str | None:
+    """The address Horovod 0.28's Gloo binds its collective connections to on this machine, or None.
+
+    Why this exists: Horovod reads HOROVOD_GLOO_IFACE only for its bootstrap contexts
+    (``GlooContext::Initialize``); the contexts every collective actually runs on are built by
+    ``GlooContext::InitializeForProcessSet`` (horovod/common/gloo/gloo_context.cc, 0.28.1), which creates a new
+    device from the *process set's* ``gloo_iface_``, never set, so Gloo falls back to ``gethostname()`` and
+    binds the first address that name resolves to (gloo/transport/tcp/device.cc ``lookupAddrForHostname``).
+    We do the same lookup: resolve, then take the first address that can be bound.
+    """
+    name = hostname or socket.gethostname()
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return None
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind((sockaddr[0], 0))
+        except OSError:
+            continue
+        return str(sockaddr[0])
+    return None
+
+
+def check_gloo_hostname(host: str, hosts: Sequence[str], address: str | None) -> str:
+    """Empty when Gloo's collectives can connect across ``hosts``; else the problem and its fix.
+
+    ``host``: this task's address; ``address``: :func:`gloo_hostname_address` on this machine. On one host
+    a loopback address is fine; across hosts it means the peers dial 127.x (measured: ``connect
+    [127.0.0.1]:PORT: Connection refused`` and a crashed worker, after the rendezvous succeeded).
+    """
+    if len(set(hosts)) < 2:
+        return ""
+    name = socket.gethostname()
+    if address is None:
+        return (f"Horovod's Gloo binds to the address of this machine's hostname ({name!r}), which does not "
+                f"resolve to a bindable address on executor {host}. Fix: map {name!r} to {host} in /etc/hosts "
+                "(or DNS) on every worker host.")
+    try:
+        loopback = ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return ""
+    if loopback:
+        return (f"Horovod's Gloo binds its collective connections to the address of this machine's hostname "
+                f"({name!r} -> {address}; HOROVOD_GLOO_IFACE is not used for them in Horovod 0.28), so ranks on "
+                f"the other hosts ({', '.join(sorted(set(hosts) - {host}))}) cannot connect to executor {host}. "
+                f"Fix: map {name!r} to {host} in /etc/hosts (or DNS) on every worker host, or use --backend mwms.")
+    return ""
+
+
 class Rendezvous:
     """Horovod's HTTP rendezvous server, bound to one address (Horovod's own binds every interface).
 

@@ -115,7 +115,8 @@ def _horovod_launch(ctx: Any, wctx: WorkerContext, endpoints: list[Endpoint], sp
     Every task makes that call on every path (a task that failed to prepare sends its error instead), so a
     failure fails all tasks together rather than leaving them waiting. The caller stops the server.
     """
-    from imagenet_spark.distribute.horovod_env import choose_iface, horovod_env, host_alloc_plan, start_rendezvous
+    from imagenet_spark.distribute.horovod_env import (check_gloo_hostname, choose_iface, gloo_hostname_address,
+                                                       horovod_env, host_alloc_plan, start_rendezvous)
 
     rank, cfg = wctx.rank, spec["config"]
     hosts = [e.host for e in endpoints]
@@ -124,6 +125,7 @@ def _horovod_launch(ctx: Any, wctx: WorkerContext, endpoints: list[Endpoint], sp
     try:
         plan = host_alloc_plan(hosts)
         iface = cfg.get("network_interface") or choose_iface(wctx.host)
+        problem = check_gloo_hostname(wctx.host, hosts, gloo_hostname_address())
         if rank == 0:
             server = start_rendezvous(host=wctx.host, plan=plan)
             port = server.port
