@@ -97,6 +97,18 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _training_ranks(cluster: StandaloneCluster) -> set[int]:
+    """Live TensorFlow worker processes anywhere below this cluster's worker daemons."""
+    found = set()
+    for pid in _alive(set().union(*(_descendants(p) for p in cluster.worker_pids().values()))):
+        try:
+            if b"imagenet_spark.train.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
 def _alive(pids: set[int]) -> set[int]:
     alive = set()
     for pid in pids:
@@ -321,11 +333,18 @@ def test_port_conflict_then_driver_killed_mid_training_then_rerun(cluster, kille
         _wait_for("epoch 1", lambda: _epochs(model_dir) == [1], proc, log1, poll=0.2)
         time.sleep(0.5)
         reached = _last_step(log1.read_text())
+        assert len(_training_ranks(cluster)) == 2, "expected both TensorFlow ranks running under the workers"
         os.killpg(proc.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         proc.wait(timeout=30)
     finally:
         _stop(proc)
+    # The application is gone: the master kills its executors, and the TensorFlow ranks die with them.
+    deadline = time.monotonic() + 60
+    while ranks := _training_ranks(cluster):
+        assert time.monotonic() < deadline, f"training processes outlived the killed driver: {ranks}"
+        time.sleep(0.5)
+    ranks_gone_s = time.monotonic() - killed_at
     first = log1.read_text()
     conflict = re.search(r"attempt 0: a worker's port was taken before TensorFlow bound it; relaunching", first)
     assert conflict, first[-4000:]
@@ -346,8 +365,9 @@ def test_port_conflict_then_driver_killed_mid_training_then_rerun(cluster, kille
     assert (model_dir / "saved_model" / "saved_model.pb").exists()
     print(f"MEASURED mwms: port conflict on rank 1 detected {detect_s:.0f} s after launch, relaunched with fresh "
           f"ports, first step {first_step_s:.0f} s later; driver SIGKILLed at step ~{reached} "
-          f"(epoch 2); rerun resumed from checkpoint step {ckpt_at_kill} and finished in {seconds:.1f} s "
-          f"({recovered:.1f} s after the kill): steps redone at least {max(0, reached - ckpt_at_kill)}")
+          f"(epoch 2), its TensorFlow ranks gone {ranks_gone_s:.1f} s later; rerun resumed from checkpoint step "
+          f"{ckpt_at_kill} and finished in {seconds:.1f} s ({recovered:.1f} s after the kill): steps redone at "
+          f"least {max(0, reached - ckpt_at_kill)}")
 
 
 # --------------------------------------------------------------------------------------------------
