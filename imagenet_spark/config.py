@@ -312,6 +312,10 @@ class TrainConfig:
     # only for slow remote storage.
     reader_workers: int = 1
     decode_threads: typing.Optional[int] = None
+    # How the training stream reads the dataset: "petastorm" (make_batch_reader; it unpickles the Unischema in
+    # _common_metadata, so a dataset from an untrusted source can run code) or "parquet" (pyarrow only, by the
+    # Parquet schema: nothing is unpickled). Evaluation and planning never unpickle either way.
+    train_reader: str = "petastorm"
     # --- evaluation, checkpoints, fault tolerance
     eval_every_epochs: int = 1
     checkpoint_every_steps: int = 0
@@ -370,6 +374,8 @@ class TrainConfig:
             raise ConfigError("epochs", self.epochs, "must be positive.")
         if self.shard_by not in ("row_group", "synset"):
             raise ConfigError("shard_by", self.shard_by, "must be row_group or synset.")
+        if self.train_reader not in ("petastorm", "parquet"):
+            raise ConfigError("train_reader", self.train_reader, "must be petastorm or parquet.")
         if self.schedule not in SCHEDULES:
             raise ConfigError("schedule", self.schedule, f"unknown schedule; known: {', '.join(SCHEDULES)}.")
         if self.precision not in PRECISIONS:

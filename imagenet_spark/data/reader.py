@@ -21,8 +21,10 @@ Why it is shaped this way (each point is a failure seen or a contract the launch
   loading either.
 
 Reading the dataset with petastorm unpickles the Unischema stored in ``_common_metadata`` (petastorm's own
-behaviour; its codecs reference ``pyspark.sql.types``, which Spark executors always have): read only datasets
-you trust.
+behaviour; its codecs reference ``pyspark.sql.types``, which Spark executors always have), so a dataset from
+an untrusted source can run code in the worker. ``TrainConfig.train_reader="parquet"`` reads the training
+stream with pyarrow by the Parquet schema alone (:class:`ParquetRowGroups`); planning and evaluation never
+unpickle anything.
 """
 
 from __future__ import annotations
@@ -248,6 +250,86 @@ def _row_group_source(reader: Any) -> Callable[[], Iterator[tuple[np.ndarray, np
     return rows
 
 
+class _Group:
+    """One row group as the training source consumes it (the two fields petastorm's batch reader would give)."""
+
+    __slots__ = ("image", "label")
+
+    def __init__(self, image: np.ndarray, label: np.ndarray) -> None:
+        self.image = image
+        self.label = label
+
+
+class ParquetRowGroups:
+    """An endless stream of one worker's row groups read with pyarrow: petastorm's batch reader without pickle.
+
+    Why: ``make_batch_reader`` unpickles the Unischema in ``_common_metadata`` before reading a row. This reads
+    the same shard (the ``groups`` the plan assigns) by the Parquet schema alone, checks the two columns it
+    needs have the types the partition job writes, and repeats forever, each pass in a new order drawn from
+    ``seed`` (reproducible; petastorm repeats its first order). It has the reader interface the stream and
+    ``_close_reader`` use (``stopped``, ``stop``, ``join``, ``next``), and no threads: reading happens in
+    TensorFlow's generator thread, one row group at a time, the rest of the pipeline prefetches.
+    """
+
+    def __init__(self, uri: str, groups: Sequence[RowGroup], *, seed: int, shuffle: bool = True) -> None:
+        if not groups:
+            raise DatasetError(f"{uri}: this worker's shard holds no row groups.")
+        self._uri = uri
+        self._groups = list(groups)
+        self._rng = np.random.default_rng(seed)
+        self._shuffle = shuffle
+        self._pending: Iterator[Any] = iter(())
+        self.stopped = False
+        _check_parquet_schema(uri)
+
+    def _next_pass(self) -> Iterator[Any]:
+        order = self._rng.permutation(len(self._groups)) if self._shuffle else range(len(self._groups))
+        return _iter_row_groups(self._uri, [self._groups[i] for i in order], list(TRAIN_FIELDS))
+
+    def __iter__(self) -> "ParquetRowGroups":
+        return self
+
+    def __next__(self) -> _Group:
+        if self.stopped:
+            raise StopIteration
+        table = next(self._pending, None)
+        if table is None:
+            self._pending = self._next_pass()
+            table = next(self._pending)
+        return _Group(table.column("image").combine_chunks().to_numpy(zero_copy_only=False),
+                      table.column("label").to_numpy().astype(np.int32))
+
+    def stop(self) -> None:
+        self.stopped = True
+        close = getattr(self._pending, "close", None)
+        if close is not None:
+            with contextlib.suppress(ValueError):  # "generator already executing": it ends at its next step
+                close()
+
+    def join(self) -> None:
+        """Nothing to wait for: no threads."""
+
+
+def _check_parquet_schema(uri: str) -> None:
+    """The Arrow schema in ``_common_metadata`` (read as Parquet, no pickle) has ``image`` binary, ``label`` int."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    filesystem, path = fs.resolve(fs.join(uri, "_common_metadata"))
+    try:
+        with filesystem.open_input_file(path) as f:
+            schema = pq.read_schema(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{uri}: no _common_metadata. Fix: pass the --output of jobs/partition.py.") from None
+    wanted = {"image": pa.types.is_binary, "label": pa.types.is_integer}
+    for name, is_type in wanted.items():
+        index = schema.get_field_index(name)
+        if index < 0 or not is_type(schema.field(index).type):
+            found = schema.field(index).type if index >= 0 else "missing"
+            raise DatasetError(f"{uri}: column {name!r} is {found}; the trainer needs image (binary JPEG bytes) and "
+                               "label (integer). Fix: rewrite the dataset with jobs/partition.py.")
+
+
 @dataclass
 class TrainInput:
     """The training stream and the petastorm reader feeding it.
@@ -259,7 +341,7 @@ class TrainInput:
     """
 
     dataset: Any  # tf.data.Dataset
-    reader: Any  # petastorm.reader.Reader
+    reader: Any  # petastorm.reader.Reader, or ParquetRowGroups (cfg.train_reader="parquet")
     plan: ShardPlan
     _finalizer: Callable[[], Any] = field(repr=False, default=lambda: None)
 
@@ -271,6 +353,31 @@ class TrainInput:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _petastorm_reader(uri: str, cfg: TrainConfig, ctx: WorkerContext, seed: int, shard: dict[str, Any]) -> Any:
+    """Petastorm's batch reader over this worker's shard (unpickles the dataset's Unischema: trusted data only)."""
+    from petastorm import make_batch_reader
+
+    with warnings.catch_warnings():
+        # make_batch_reader warns on any dataset with a stored Unischema ("please use make_reader"): ours holds
+        # only ScalarCodec fields, plain Parquet types that need no petastorm decoding, which is the case the
+        # batch reader is for (it returns whole row groups: far less Python per image than make_reader).
+        warnings.filterwarnings("ignore", message="Please use make_reader", category=UserWarning)
+        return make_batch_reader(
+            petastorm_url(uri),
+            schema_fields=list(TRAIN_FIELDS),
+            reader_pool_type="thread",
+            workers_count=cfg.reader_workers,
+            # Five row groups per reader thread: the reader outruns decoding by an order of magnitude (see
+            # bench/input_pipeline.py), so a deeper queue would only hold memory (petastorm's default, 50 row
+            # groups, is ~350 MB of full-size ImageNet JPEGs per worker process).
+            results_queue_size=5 * cfg.reader_workers,
+            num_epochs=None,
+            shuffle_row_groups=True,
+            seed=_mix_seed(seed, ctx.rank, _SALT_PETASTORM),
+            **shard,
+        )
 
 
 def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan: ShardPlan, num_classes: int,
@@ -290,7 +397,6 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
     different seed on a restart (e.g. ``cfg.seed + attempt``) to avoid replaying the first epoch's order.
     """
     import tensorflow as tf
-    from petastorm import make_batch_reader
 
     _check_plan(plan, ctx)
     groups = row_groups(data, plan.split)
@@ -302,8 +408,10 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
         my_rows = sum(g.rows for g in groups if g.synset in wanted)
         shard = {"filters": [(PARTITION_COLUMN, "in", list(mine))]}
         shard_desc = f"{len(mine)} synsets ({mine[0]}..{mine[-1]})"
+        my_groups = [g for g in groups if g.synset in wanted]
     else:
-        my_rows = sum(g.rows for g in worker_row_groups(groups, rank=ctx.rank, workers=ctx.size))
+        my_groups = worker_row_groups(groups, rank=ctx.rank, workers=ctx.size)
+        my_rows = sum(g.rows for g in my_groups)
         shard = {"cur_shard": ctx.rank, "shard_count": ctx.size}
         shard_desc = f"row groups {ctx.rank}::{ctx.size}"
     if my_rows != plan.rows_per_worker[ctx.rank]:
@@ -313,25 +421,11 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
             "on the same dataset."
         )
     batch = plan.per_worker_batch
-    with warnings.catch_warnings():
-        # make_batch_reader warns on any dataset with a stored Unischema ("please use make_reader"): ours holds
-        # only ScalarCodec fields, plain Parquet types that need no petastorm decoding, which is the case the
-        # batch reader is for (it returns whole row groups: far less Python per image than make_reader).
-        warnings.filterwarnings("ignore", message="Please use make_reader", category=UserWarning)
-        reader = make_batch_reader(
-            petastorm_url(uri),
-            schema_fields=list(TRAIN_FIELDS),
-            reader_pool_type="thread",
-            workers_count=cfg.reader_workers,
-            # Five row groups per reader thread: the reader outruns decoding by an order of magnitude (see
-            # bench/input_pipeline.py), so a deeper queue would only hold memory (petastorm's default, 50 row
-            # groups, is ~350 MB of full-size ImageNet JPEGs per worker process).
-            results_queue_size=5 * cfg.reader_workers,
-            num_epochs=None,
-            shuffle_row_groups=True,
-            seed=_mix_seed(seed, ctx.rank, _SALT_PETASTORM),
-            **shard,
-        )
+    reader: Any
+    if cfg.train_reader == "parquet":
+        reader = ParquetRowGroups(uri, my_groups, seed=_mix_seed(seed, ctx.rank, _SALT_PETASTORM))
+    else:
+        reader = _petastorm_reader(uri, cfg, ctx, seed, shard)
     try:
         shuffle_seed = _mix_seed(seed, ctx.rank, _SALT_SHUFFLE)
         augment_key = tf.constant(_mix_seed(seed, ctx.rank, _SALT_AUGMENT), tf.int64)
