@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ("01_prepare_imagenet.py", "02_train_distributed.py", "03_evaluate_and_predict.py")
+NOTEBOOKS = ("01_prepare_imagenet.py", "02_train_distributed.py", "03_evaluate_and_predict.py", "04_tune.py")
 
 
 def test_notebooks_are_databricks_source_files():
@@ -38,7 +38,7 @@ def _run(name: str, env: dict[str, str]) -> str:
 
 
 @pytest.mark.slow
-def test_the_three_notebooks_run_end_to_end_as_scripts(tmp_path):
+def test_the_notebooks_run_end_to_end_as_scripts(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGENET_SPARK_", "MLFLOW_"))}
@@ -54,6 +54,8 @@ def test_the_three_notebooks_run_end_to_end_as_scripts(tmp_path):
         "IMAGENET_SPARK_TRAIN_SETTINGS": "base_lr=0.4 warmup_epochs=0.5 progress_every_s=1",
         # 03
         "IMAGENET_SPARK_TOP_K": "3",
+        # 04: two trials at once, two epochs each, early stopping at epoch 1
+        "IMAGENET_SPARK_MAX_TRIALS": "2",
     })
     out1 = _run(NOTEBOOKS[0], env)
     manifest = json.loads((work / "dataset" / "manifest.json").read_text())
@@ -75,6 +77,15 @@ def test_the_three_notebooks_run_end_to_end_as_scripts(tmp_path):
     assert list((work / "predictions_validation").glob("*.parquet"))
     assert len(list((work / "uploads").glob("*.jpg"))) == 6
     assert list((work / "predictions_batch").glob("*.parquet"))
+
+    out4 = _run(NOTEBOOKS[3], env)
+    doc = json.loads((work / "search" / "trials.json").read_text())
+    assert [t["trial"] for t in doc["trials"]] == [0, 1] and doc["rungs"] == [1]
+    assert "2 trials run at once" in out4 and "Best trial" in out4
+    assert (work / "search" / "best" / "saved_model" / "saved_model.pb").is_file()
+    again4 = _run(NOTEBOOKS[3], env)
+    assert "resuming the search: 2 trial(s) finished before, 0 to continue" in again4
+    assert json.loads((work / "search" / "trials.json").read_text())["trials"] == doc["trials"], "nothing redone"
 
     # rerunning a notebook resumes instead of failing on what the first run left behind
     again = _run(NOTEBOOKS[0], env)
