@@ -436,3 +436,17 @@ def test_paths_only_the_driver_sees_fail_fast(cluster, killed_partition, tmp_pat
     assert not model_dir.exists() and (blocked / "models").is_file(), "the driver's view leaked out"
     print(f"MEASURED driver-only paths refused in {seconds:.1f} s: "
           f"{[line for line in out.splitlines() if 'PreflightError' in line][-1:]}")
+
+    # A model dir executors can write, but not the driver's storage (each host would keep its own checkpoints).
+    private = tmp_path / "private"
+    private.mkdir()
+    cmd = _in_driver_namespace(f"mount -t tmpfs none {shlex.quote(str(private))}",
+                               _submit_cmd(cluster.master_url, "train_barrier.py", "--data",
+                                           str(killed_partition["output"]), "--model-dir", str(private / "m"),
+                                           *_TRAIN))
+    rc, out, seconds = _run(cmd)
+    assert rc != 0 and seconds < 60 and "attempt 0" not in out, out[-3000:]
+    assert f"model_dir={str(private / 'm')!r}: executor on" in out and "does not see the file the driver wrote" \
+        in out and "so it is not the driver's storage" in out, out[-3000:]
+    print(f"MEASURED model dir not shared refused in {seconds:.1f} s: "
+          f"{[line for line in out.splitlines() if 'PreflightError' in line][-1:]}")

@@ -127,6 +127,11 @@ class WriteCheck:
     root: str
 
 
+def _reason(exc: BaseException) -> str:
+    """``Type: message`` without pyarrow's repeated ``Detail:`` tail, short enough for one error line."""
+    return f"{type(exc).__name__}: {str(exc).split('. Detail:')[0][:200]}"
+
+
 def _probe_task(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs on an executor: read each file, write a probe into each directory, look for the driver's probe."""
     host = socket.gethostname()
@@ -137,15 +142,13 @@ def _probe_task(spec: dict[str, Any]) -> dict[str, Any]:
             with filesystem.open_input_stream(p) as f:
                 f.read(64)
         except (OSError, ValueError) as exc:
-            problems.append(f"{setting}={root!r}: executor on {host} cannot read {path} ({type(exc).__name__}: "
-                            f"{str(exc)[:160]})")
+            problems.append(f"{setting}={root!r}: executor on {host} cannot read {path} ({_reason(exc)})")
     for setting, root, probe_dir, driver_probe in spec["write"]:
         mine = fs.join(probe_dir, f"{spec['token']}-{host}-{os.getpid()}-{spec['index']}")
         try:
             fs.write_text_atomic(mine, host)
         except (OSError, ValueError) as exc:
-            problems.append(f"{setting}={root!r}: executor on {host} cannot write into it ({type(exc).__name__}: "
-                            f"{str(exc)[:160]})")
+            problems.append(f"{setting}={root!r}: executor on {host} cannot write into it ({_reason(exc)})")
             continue
         if not fs.exists(driver_probe):
             problems.append(f"{setting}={root!r}: executor on {host} does not see the file the driver wrote there "
