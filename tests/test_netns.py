@@ -109,7 +109,7 @@ def _observe(cluster: NetnsCluster, seen: dict[int, dict[str, Any]]) -> None:
                     s for s in namespace_listeners(os.getpid()) if s[1] == progress["port"])
 
 
-def _train(cluster: NetnsCluster, data: Path, model_dir: Path, log_path: Path, backend: str
+def _train(cluster: NetnsCluster, data: Path, model_dir: Path, log_path: Path, backend: str, *extra: str
            ) -> tuple[int, dict[int, dict[str, Any]], float]:
     seen: dict[int, dict[str, Any]] = {}
     started = time.monotonic()
@@ -117,7 +117,7 @@ def _train(cluster: NetnsCluster, data: Path, model_dir: Path, log_path: Path, b
         proc = subprocess.Popen(_submit(cluster, "train_barrier.py", "--config",
                                         str(REPO / "conf/train/resnet18_smoke.yaml"), "--data", str(data),
                                         "--model-dir", str(model_dir), "--backend", backend, "--epochs", "1",
-                                        "--set", "slots_wait_s=120", "--set", "warmup_epochs=0"),
+                                        "--set", "slots_wait_s=120", "--set", "warmup_epochs=0", *extra),
                                 stdout=out, stderr=subprocess.STDOUT, env=driver_env(cluster), start_new_session=True)
     try:
         while proc.poll() is None:
@@ -166,7 +166,9 @@ def _check_hosts(cluster: NetnsCluster, seen: dict[int, dict[str, Any]]) -> dict
 @pytest.mark.timeout(600)
 def test_mwms_across_namespaces_binds_own_addresses(cluster_and_data):
     cluster, data, root = cluster_and_data
-    rc, seen, seconds = _train(cluster, data, root / "m_mwms", root / "mwms.log", "mwms")
+    # The pickle-free reader here (Horovod's run keeps petastorm): both read paths cross hosts.
+    rc, seen, seconds = _train(cluster, data, root / "m_mwms", root / "mwms.log", "mwms", "--set",
+                               "train_reader=parquet")
     out = (root / "mwms.log").read_text()
     assert rc == 0, out[-5000:]
     assert (root / "m_mwms" / "saved_model" / "saved_model.pb").exists()
