@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import logging
 import os
 import re
@@ -41,7 +42,8 @@ from .standalone import StandaloneCluster, _spark_class
 log = logging.getLogger(__name__)
 
 PREFIX = "isk"  # imagenet-spark: every namespace/link this harness creates starts with it
-_NAME = re.compile(rf"^{PREFIX}(\d+)[bvw]\d*$")
+_NAME = re.compile(rf"^{PREFIX}(\d+)[bvw][\dx]*$")
+_CLUSTERS = itertools.count()  # several clusters in one process (a test may need its own): isk<pid>w<seq>x<i>
 SUBNETS = [ipaddress.ip_network(f"10.213.{i}.0/24") for i in range(256)]
 
 
@@ -193,10 +195,11 @@ def netns_cluster(workdir: Path, *, workers: int = 2, cores: int = 1, memory: st
 
     clean_stale()
     workdir.mkdir(parents=True, exist_ok=True)
+    seq = next(_CLUSTERS)
     tag = f"{PREFIX}{os.getpid()}"
     net = _free_subnet()
     hosts = list(net.hosts())
-    cluster = NetnsCluster(master_url="", workdir=workdir, bridge=f"{tag}b", bridge_address=str(hosts[0]))
+    cluster = NetnsCluster(master_url="", workdir=workdir, bridge=f"{tag}b{seq}", bridge_address=str(hosts[0]))
     logs = {}
     try:
         _ip("link", "add", cluster.bridge, "type", "bridge")
@@ -205,7 +208,7 @@ def netns_cluster(workdir: Path, *, workers: int = 2, cores: int = 1, memory: st
         _ip("addr", "add", f"{cluster.bridge_address}/{net.prefixlen}", "dev", cluster.bridge)
         _ip("link", "set", cluster.bridge, "up")
         for i in range(workers):
-            ns, veth, address = f"{tag}w{i}", f"{tag}v{i}", str(hosts[1 + i])
+            ns, veth, address = f"{tag}w{seq}x{i}", f"{tag}v{seq}x{i}", str(hosts[1 + i])
             _ip("netns", "add", ns)
             cluster.namespaces.append(ns)
             _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -272,7 +275,7 @@ def netns_cluster(workdir: Path, *, workers: int = 2, cores: int = 1, memory: st
         for i, ns in enumerate(cluster.namespaces):  # executors and TF workers left a new session: kill by namespace
             _kill_namespace_processes(ns)
             _ip("netns", "del", ns, check=False)
-            _ip("link", "del", f"{tag}v{i}", check=False)  # gone with the namespace, except under gVisor
+            _ip("link", "del", f"{tag}v{seq}x{i}", check=False)  # gone with the namespace, except under gVisor
             shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
         _ip("link", "del", cluster.bridge, check=False)
         for log_file in logs.values():

@@ -230,3 +230,19 @@ def test_horovod_across_namespaces_binds_own_addresses(cluster_and_data):
                                                             "driver_progress": sorted(entry.get("driver", ()))}
     _assert_gone(cluster, seen)
     print(f"horovod across namespaces in {seconds:.0f} s; listening sockets: {json.dumps(report)}")
+
+
+def test_horovod_refuses_hosts_whose_hostname_is_loopback_without_retrying(cluster_and_data):
+    """The shared /etc/hosts maps the hostname to 127.0.0.1 on both "hosts": Gloo would dial loopback across
+    hosts and crash after the rendezvous. The launcher refuses it before any TF worker starts, once (a relaunch
+    cannot fix a host's setup), with the fix."""
+    pytest.importorskip("horovod.tensorflow")
+    _, data, root = cluster_and_data
+    with netns_cluster(root / "cluster_lo", workers=2, own_hosts_file=False) as cluster:
+        rc, seen, seconds = _train(cluster, data, root / "m_lo", root / "lo.log", "horovod")
+    out = (root / "lo.log").read_text()
+    assert rc != 0, out[-4000:]
+    assert "BackendError" in out and "cannot connect to executor" in out and "Fix: map" in out, out[-4000:]
+    assert "retry 1/" not in out, "not retried: every attempt would fail the same way"
+    assert not seen, "no TensorFlow worker started"
+    print(f"refused in {seconds:.0f} s (spark-submit start to exit, cluster already up)")

@@ -122,22 +122,30 @@ def _horovod_launch(ctx: Any, wctx: WorkerContext, endpoints: list[Endpoint], sp
     hosts = [e.host for e in endpoints]
     server = None
     port, problem, iface = 0, "", None
+    permanent = False  # a problem no relaunch can fix (the host's setup, a missing package): not retried
     try:
         plan = host_alloc_plan(hosts)
         iface = cfg.get("network_interface") or choose_iface(wctx.host)
         problem = check_gloo_hostname(wctx.host, hosts, gloo_hostname_address())
-        if rank == 0:
+        permanent = bool(problem)
+        if rank == 0 and not problem:
             server = start_rendezvous(host=wctx.host, plan=plan)
             port = server.port
     except ImportError as exc:
         from imagenet_spark.distribute.horovod_backend import INSTALL_HINT
 
         problem = f"backend='horovod': cannot start the Horovod rendezvous server ({exc}). {INSTALL_HINT}"
+        permanent = True
     except Exception as exc:  # noqa: BLE001 - any failure must still reach the exchange below
         problem = f"backend='horovod': {type(exc).__name__}: {exc}"
-    gathered = [json.loads(m) for m in ctx.allGather(json.dumps({"rank": rank, "port": port, "problem": problem}))]
+    gathered = [json.loads(m) for m in ctx.allGather(json.dumps({"rank": rank, "port": port, "problem": problem,
+                                                                 "permanent": permanent}))]
     try:
         problems = [f"rank {g['rank']}: {g['problem']}" for g in gathered if g["problem"]]
+        if any(g["permanent"] for g in gathered):
+            from imagenet_spark.distribute.backends import BackendError
+
+            raise BackendError("; ".join(problems))  # the driver does not retry these
         if problems:
             raise LaunchError("; ".join(problems))
         port0 = next(g["port"] for g in gathered if g["rank"] == 0)
