@@ -220,7 +220,8 @@ class PartitionConfig:
     tfrecord_train_shards: int = 1024
     tfrecord_validation_shards: int = 128
     # Fault injection for tests and drills: "TASK_PREFIX" fails the first attempt of matching tasks (Spark
-    # retries them), "always:TASK_PREFIX" fails every attempt (the job fails; rerun with --resume).
+    # retries them), "always:TASK_PREFIX" fails every attempt (the job fails; rerun with --resume), "publish"
+    # stops the driver after it moved the first split into place (rerun with --resume).
     inject_failure: typing.Optional[str] = None
     # Spark parallelism for listing/processing; None lets Spark decide from the cluster's default parallelism.
     num_partitions: typing.Optional[int] = None

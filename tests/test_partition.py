@@ -298,6 +298,34 @@ def test_crash_publishes_nothing_then_resume_skips_committed_tasks(spark, tmp_pa
     assert not (dst / "_staging").exists()
 
 
+def test_driver_stopped_mid_publish_is_not_finished_and_resume_completes_it(spark, tmp_path):
+    """The driver dies after moving train/ into place (fault injection at the same point a kill would hit):
+    no manifest, so neither the trainer nor the summary take it as a dataset; --resume moves train/ back into
+    staging and publishes everything, with no task redone and no duplicate row."""
+    from imagenet_spark.config import TrainConfig
+    from imagenet_spark.data.partition import InjectedFailure
+    from imagenet_spark.data.schema import DatasetError
+    from imagenet_spark.train.planning import make_run_plan
+
+    raw = tmp_path / "raw"
+    summary = write_ilsvrc(raw, FakeSpec(**SMALL))
+    dst = tmp_path / "ds"
+    with pytest.raises(InjectedFailure, match="after moving train"):
+        run_partition(spark, _cfg(raw, dst, inject_failure="publish"))
+    assert (dst / "train").is_dir() and not (dst / "manifest.json").exists() and (dst / "_staging").is_dir()
+    with pytest.raises(DatasetError, match="no manifest.json.*interrupted partition run.*--resume"):
+        make_run_plan(resolve(TrainConfig, explicit=dict(data=str(dst), model_dir=str(tmp_path / "m"),
+                                                         model="resnet_tiny")))
+    mtimes = {p.relative_to(dst): p.stat().st_mtime_ns for p in (dst / "train").rglob("part-*.parquet")}
+    manifest = run_partition(spark, _cfg(raw, dst, resume=True))
+    assert manifest["counts"] == summary.counts and manifest["resumed_tasks"] > 0
+    assert {p.relative_to(dst): p.stat().st_mtime_ns for p in (dst / "train").rglob("part-*.parquet")} == mtimes
+    for split in ("train", "validation"):
+        names = [r["filename"] for r in _rows(dst, split)]
+        assert len(names) == len(set(names)) == sum(summary.counts[split].values())
+    assert not (dst / "_staging").exists()
+
+
 def test_refuses_to_clobber_without_overwrite(spark, ilsvrc, tmp_path):
     root, _ = ilsvrc
     dst = tmp_path / "ds"

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 STAGING = "_staging"
 TASKS = "_tasks"
 MANIFEST = "manifest.json"
+PUBLISHING = "_publishing.json"  # in staging: what a publish moves, so an interrupted one can be undone
 LABELS = "labels.txt"
 REJECTS = "rejects"
 _UNSAFE_CLASS_CHARS = set('/\\=%:"#\'*?{}[]^\x7f')
@@ -490,8 +491,18 @@ def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list
 
 
 def _publish(cfg: PartitionConfig, staging: str, manifest: dict[str, Any], listing: layouts.Listing) -> None:
-    """Move the staged splits into place; manifest.json goes last and marks the dataset finished."""
+    """Move the staged splits into place; manifest.json goes last and marks the dataset finished.
+
+    A driver that dies between two moves leaves some splits in the output and the rest in staging, and no
+    manifest (so nothing reads it as finished). ``_publishing.json`` lists what this publish moves, so the
+    ``--resume`` run first moves those back into staging and publishes everything again."""
     schema = imagenet_schema()
+    marker = fs.join(staging, PUBLISHING)
+    if fs.exists(marker):
+        for name in json.loads(fs.read_text(marker)):
+            if not fs.exists(fs.join(staging, name)) and fs.exists(fs.join(cfg.output, name)):
+                log.info("--resume: the interrupted publish had moved %s; moving it back to staging", name)
+                fs.move(fs.join(cfg.output, name), fs.join(staging, name))
     for name in (*layouts.SPLITS, REJECTS):  # partial files of failed task attempts
         if fs.exists(fs.join(staging, name)):
             for entry in fs.list_files(fs.join(staging, name)):
@@ -502,13 +513,16 @@ def _publish(cfg: PartitionConfig, staging: str, manifest: dict[str, Any], listi
             continue
         write_petastorm_metadata(fs.join(staging, split), schema, files)
     fs.write_text_atomic(fs.join(staging, LABELS), _labels_text(listing))
+    moving = [name for name in (*layouts.SPLITS, REJECTS, LABELS, TFRECORD_DIR) if fs.exists(fs.join(staging, name))]
+    fs.write_text_atomic(marker, json.dumps(moving))
     for name in (MANIFEST, LABELS, *layouts.SPLITS, REJECTS, TFRECORD_DIR):
         target = fs.join(cfg.output, name)
         if fs.exists(target):
             fs.delete(target)
-    for name in (*layouts.SPLITS, REJECTS, LABELS, TFRECORD_DIR):
-        if fs.exists(fs.join(staging, name)):
-            fs.move(fs.join(staging, name), fs.join(cfg.output, name))
+    for name in moving:
+        fs.move(fs.join(staging, name), fs.join(cfg.output, name))
+        if cfg.inject_failure == "publish":
+            raise InjectedFailure(f"inject_failure='publish': the driver stops after moving {name} (as if killed)")
     public = {k: v for k, v in manifest.items() if not k.startswith("_")}
     fs.write_text_atomic(fs.join(cfg.output, MANIFEST), json.dumps(public, indent=1))
     fs.delete(staging)
