@@ -334,6 +334,9 @@ class TrainConfig:
     progress_every_s: float = 10.0
     horovod_fp16_allreduce: bool = False
     network_interface: typing.Optional[str] = None
+    # MWMS: make TensorFlow's gRPC server listen on the task's own address instead of every interface (TF 2.15
+    # has no setting for it; a preloaded bind shim, compiled on the executor, rewrites that one bind).
+    bind_tf_to_host: bool = True
     # The resume contract: a model dir already holding checkpoints is resumed, never silently restarted.
     overwrite: bool = False
     # --- what is exported, and where a run pauses

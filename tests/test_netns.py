@@ -94,7 +94,7 @@ def _observe(cluster: NetnsCluster, seen: dict[int, dict[str, Any]]) -> None:
             entry = seen.setdefault(i, {"pid": pid, "worker": set(), "task": set()})
             if not entry.get("env"):
                 env = _environ(pid)
-                entry["env"] = {k: v for k, v in env.items() if k == "TF_CONFIG" or k.startswith("HOROVOD_")}
+                entry["env"] = {k: v for k, v in env.items() if k == "TF_CONFIG" or k.startswith(("HOROVOD_", "IMAGENET_SPARK_BIND"))}
                 try:
                     entry["spec"] = json.loads(Path(cmd[cmd.index("imagenet_spark.train.worker") + 1]).read_text())
                 except (OSError, ValueError, IndexError):
@@ -190,10 +190,10 @@ def test_mwms_across_namespaces_binds_own_addresses(cluster_and_data):
                                                             "worker_listeners": sorted(entry["worker"]),
                                                             "task_listeners": sorted(entry["task"]),
                                                             "driver_progress": sorted(entry.get("driver", ()))}
-        # TF 2.15 GrpcServer::Init binds "0.0.0.0:<port>" whatever TF_CONFIG says (see README, Security): the
-        # address is recorded, and its port must be the exchanged one. Nothing else of ours listens there.
-        assert all(addr in WILDCARDS | {cluster.addresses[i], f"::ffff:{cluster.addresses[i]}"}
-                   for addr, _ in grpc)
+        # TF 2.15 GrpcServer::Init binds "0.0.0.0:<port>" whatever TF_CONFIG says; the bind shim preloaded into
+        # the worker (bind_tf_to_host, default on) rewrites that bind to the task's own address.
+        assert entry["env"].get("IMAGENET_SPARK_BIND_ADDR") == cluster.addresses[i], entry["env"]
+        assert {addr for addr, _ in grpc} <= {cluster.addresses[i], f"::ffff:{cluster.addresses[i]}"}, grpc
     assert any(e.get("driver") for e in seen.values()), "the driver's progress server was never seen"
     _assert_gone(cluster, seen)
     log.warning("mwms across namespaces: %.0f s; sockets %s", seconds, json.dumps(report))

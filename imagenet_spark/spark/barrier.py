@@ -159,6 +159,27 @@ def _horovod_launch(ctx: Any, wctx: WorkerContext, endpoints: list[Endpoint], sp
     return server, env
 
 
+def _tf_bind_env(host: str, port: int) -> dict[str, str]:
+    """Variables that make TensorFlow's gRPC server bind this task's address, not every interface (see
+    distribute/bind_shim.py); empty, with a warning, where the shim cannot be built on this host."""
+    import ipaddress
+    import socket
+
+    from imagenet_spark.distribute.bind_shim import build_shim, shim_env
+
+    library, why = build_shim()
+    if library is None:
+        log.warning("TensorFlow's gRPC server will listen on all interfaces of %s (port %d): the bind shim is "
+                    "unavailable (%s). Set bind_tf_to_host=false to silence this, or install a C compiler.",
+                    host, port, why)
+        return {}
+    try:
+        address = str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:  # a host name: bind what it resolves to, as the peers will
+        address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+    return shim_env(library, host=address, port=port, inherited=os.environ.get("LD_PRELOAD"))
+
+
 def _barrier_task(spec: dict[str, Any], _partition: Iterator[Any]) -> Iterator[str]:
     from pyspark import BarrierTaskContext
 
@@ -185,6 +206,8 @@ def _barrier_task(spec: dict[str, Any], _partition: Iterator[Any]) -> Iterator[s
                          attempt=spec["attempt"])
     if spec["config"]["backend"] == "mwms":
         env["TF_CONFIG"] = tf_config(endpoints, rank)
+        if spec["config"].get("bind_tf_to_host", True):
+            env.update(_tf_bind_env(host, port))
     if gpus or spec.get("has_gpu_resources"):
         env["CUDA_VISIBLE_DEVICES"] = gpus
     held = rendezvous = None

@@ -25,8 +25,8 @@ CONFIG_JSON = "config.json"
 _RESUMABLE = {"epochs", "max_retries", "fail_at_step", "fail_rank", "inject_port_conflict_rank",
               "progress_every_s", "slots_wait_s",
               "barrier_timeout_s", "overwrite", "checkpoint_every_steps", "keep_checkpoints", "reader_workers",
-              "decode_threads", "eval_every_epochs", "network_interface", "track", "tracking_uri", "experiment",
-              "stop_at_epoch"}
+              "decode_threads", "eval_every_epochs", "network_interface", "bind_tf_to_host", "track", "tracking_uri",
+              "experiment", "stop_at_epoch"}
 
 
 def make_run_plan(cfg: TrainConfig) -> RunPlan:
