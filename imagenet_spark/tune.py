@@ -269,11 +269,14 @@ def _run_trial(spark: Any, cfg: TuneConfig, study: Any, trial: Any, record: Tria
         tcfg = trial_config(cfg, base, record.params, number=record.trial)
         record.model_dir = tcfg.model_dir
         for stop in [*stops, None]:
-            record.launches += 1
-            run_training(spark, dataclasses.replace(tcfg, stop_at_epoch=stop), label=label)
             history = read_metrics(tcfg.model_dir)
+            if stop is None or len(history) < stop:  # a resumed trial already past this rung just reports it
+                record.launches += 1
+                run_training(spark, dataclasses.replace(tcfg, stop_at_epoch=stop), label=label)
+                history = read_metrics(tcfg.model_dir)
             record.epochs_run = len(history)
-            record.best, record.best_epoch = _best_so_far(history, cfg.metric, larger=larger)
+            record.best, record.best_epoch = _best_so_far(
+                [r for r in history if stop is None or r["epoch"] <= stop], cfg.metric, larger=larger)
             if stop is None:
                 break
             if record.best is not None:
