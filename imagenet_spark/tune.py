@@ -433,7 +433,7 @@ def _resolve_train_preset(cfg: TuneConfig, preset_dir: str | None) -> dict[str, 
 
 def run_search(spark: Any, cfg: TuneConfig, *, preset_dir: str | None = None) -> dict[str, Any]:
     """Run the search; returns the summary (also in ``trials.json``). Raises TuneError if no trial completed."""
-    from imagenet_spark.spark.barrier import check_cluster
+    from imagenet_spark.spark.barrier import check_cluster, trains_on_driver
     from imagenet_spark.train.planning import make_run_plan
 
     base = _resolve_train_preset(cfg, preset_dir)
@@ -446,8 +446,9 @@ def run_search(spark: Any, cfg: TuneConfig, *, preset_dir: str | None = None) ->
         log.warning("epochs is searched: rungs follow the base value epochs=%g", epochs)
     stops = rungs(epochs=epochs, min_epochs=cfg.min_epochs, reduction_factor=cfg.reduction_factor,
                   early_stopping=cfg.early_stopping)
-    on_driver = probe.workers == 1 and spark.sparkContext.master.startswith("local")
-    slots = check_cluster(spark, probe) if not on_driver else max(1, spark.sparkContext.defaultParallelism)
+    on_driver = trains_on_driver(probe, spark.sparkContext.master)  # the same rule run_training follows
+    slots = check_cluster(spark, probe, hoped=probe.workers * cfg.max_parallel_trials) if not on_driver \
+        else max(1, spark.sparkContext.defaultParallelism)
     parallel, how = plan_parallel(slots=slots, workers=probe.workers, max_parallel_trials=cfg.max_parallel_trials,
                                   max_trials=cfg.max_trials)
     log.info("search: %d trials, %s; %s on %s (%s); %s", cfg.max_trials, how, cfg.sampler, cfg.metric,

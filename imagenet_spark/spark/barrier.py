@@ -34,6 +34,7 @@ from imagenet_spark.distribute.ports import free_port, hold_port
 from imagenet_spark.distribute.progress import ProgressServer, format_progress
 from imagenet_spark.spark.jobs import SparkJobError, run_barrier
 from imagenet_spark.spark.preflight import check_spark_conf, check_training_paths, with_absolute_paths
+from imagenet_spark.spark.session import executors_in_driver_jvm
 from imagenet_spark.tracking import Tracker
 from imagenet_spark.train.loop import RunPlan, read_metrics
 from imagenet_spark.train.planning import make_run_plan, prepare_model_dir
@@ -62,10 +63,10 @@ def _local_slots(master: str) -> int | None:
     return None
 
 
-def runs_in_driver_jvm(master: str) -> bool:
-    """local / local[N]: executors live in the driver's JVM, so a one-worker training runs as a driver subprocess
-    (local-cluster has separate executor JVMs, like a real cluster, and gets a barrier stage)."""
-    return master == "local" or master.startswith("local[")
+def trains_on_driver(cfg: TrainConfig, master: str) -> bool:
+    """One worker in local / local[N] runs as a driver subprocess, without a barrier stage (the executors are
+    the driver's JVM anyway); local-cluster and real clusters get a barrier stage."""
+    return cfg.workers == 1 and executors_in_driver_jvm(master)
 
 
 def available_slots(spark: Any) -> int:
@@ -79,8 +80,15 @@ def available_slots(spark: Any) -> int:
         return int(sc.defaultParallelism)
 
 
-def check_cluster(spark: Any, cfg: TrainConfig) -> int:
-    """Fail fast, with the fix, on settings that make barrier training hang or fail late. Returns the slots."""
+_SLOTS_SETTLE_S = 5.0
+
+
+def check_cluster(spark: Any, cfg: TrainConfig, *, hoped: int | None = None) -> int:
+    """Fail fast, with the fix, on settings that make barrier training hang or fail late. Returns the slots.
+
+    ``hoped``: slots the caller could use beyond ``cfg.workers`` (the search, for trials at once). Executors
+    register one by one, so it waits for that many while the count still grows (until it has been steady for
+    a few seconds, or ``slots_wait_s``), instead of deciding on the first executor to arrive."""
     conf = spark.sparkContext.getConf()
     check_spark_conf(dict(conf.getAll()), master=spark.sparkContext.master, barrier=True)
     sync = conf.get("spark.barrier.sync.timeout", None)
@@ -90,11 +98,17 @@ def check_cluster(spark: Any, cfg: TrainConfig) -> int:
     master = spark.sparkContext.master
     deadline = time.monotonic() + cfg.slots_wait_s
     local = _local_slots(master)
+    seen, steady_since = -1, time.monotonic()
     while True:
         slots = local if local is not None and master.startswith("local[") else available_slots(spark)
-        if slots >= cfg.workers:
+        if slots != seen:
+            seen, steady_since = slots, time.monotonic()
+        if slots >= max(cfg.workers, hoped or 0):
             return slots
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if slots >= cfg.workers and (now - steady_since >= _SLOTS_SETTLE_S or now >= deadline):
+            return slots
+        if now >= deadline:
             task_cpus = conf.get("spark.task.cpus", "1")
             raise LaunchError(
                 f"workers={cfg.workers} needs {cfg.workers} barrier task slots, but the cluster has {slots} "
@@ -267,7 +281,7 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
     ``label`` (e.g. "trial 3") prefixes the progress lines, for several trainings running at once."""
     cfg = with_absolute_paths(cfg, "data", "model_dir")  # executors have another working directory
     plan = make_run_plan(cfg)
-    on_driver = cfg.workers == 1 and runs_in_driver_jvm(spark.sparkContext.master)
+    on_driver = trains_on_driver(cfg, spark.sparkContext.master)
     if not on_driver:
         slots = check_cluster(spark, cfg)
         log.info("cluster: %d barrier slots for %d workers", slots, cfg.workers)

@@ -67,10 +67,16 @@ def end_session(spark: Any, exit_code: int) -> None:
             pass
 
 
+def executors_in_driver_jvm(master: str) -> bool:
+    """local / local[N]: the executors live in the driver's JVM (same process tree, same files).
+    local-cluster has separate executor JVMs, like a real cluster, and is treated as one."""
+    return master == "local" or master.startswith("local[")
+
+
 def ship_package(spark: Any) -> str | None:
     """Zip imagenet_spark and add it to the executors' path; skipped in local mode (same machine, same files)."""
     sc = spark.sparkContext
-    if sc.master.startswith("local[") or sc.master == "local":
+    if executors_in_driver_jvm(sc.master):
         return None
     import imagenet_spark
 
