@@ -104,28 +104,40 @@ _TRAIN_FLAGS = ("data", "model_dir", "model", "workers", "backend", "epochs", "g
                 "shard_by", "max_retries", "fail_at_step", "overwrite", "export")
 
 
-def run_train_cli(args: argparse.Namespace) -> int:
-    from imagenet_spark.config import TrainConfig
-    from imagenet_spark.spark.barrier import run_training
+def _run_barrier_job(app_name: str, master: str, work: Callable[[Any], str]) -> int:
+    """The life of a job that runs barrier stages (train, tune): spark-submit's settings checked before Spark
+    starts (some wrong ones hang it or fail it obscurely), the session, the package shipped, ``work(spark)``
+    (it returns the line to log), and the session ended. Ending it may end the JVM that carries our output,
+    so every error is logged here first."""
     from imagenet_spark.spark.preflight import check_submitted_conf
     from imagenet_spark.spark.session import build_session, end_session, ship_package
 
-    cfg = resolve(TrainConfig, preset=args.config, overrides=args.overrides, explicit=_explicit(args, _TRAIN_FLAGS))
-    check_submitted_conf(barrier=True)  # before Spark starts: some wrong settings hang it or fail it obscurely
-    spark = build_session("imagenet-spark train", master=args.master)
+    check_submitted_conf(barrier=True)
+    spark = build_session(app_name, master=master)
     rc = 1
     try:
         ship_package(spark)
-        result = run_training(spark, cfg)
-        log.info("final: %s", json.dumps(result.get("metrics", {})))
+        log.info("%s", work(spark))
         rc = 0
-    except ImagenetSparkError as exc:  # logged here: end_session may end the JVM that carries our output
+    except ImagenetSparkError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
     except Exception:  # noqa: BLE001 - same reason: report before the session ends
-        log.exception("training failed")
+        log.exception("%s failed", app_name)
     finally:
         end_session(spark, rc)
     return rc
+
+
+def run_train_cli(args: argparse.Namespace) -> int:
+    from imagenet_spark.config import TrainConfig
+    from imagenet_spark.spark.barrier import run_training
+
+    cfg = resolve(TrainConfig, preset=args.config, overrides=args.overrides, explicit=_explicit(args, _TRAIN_FLAGS))
+
+    def work(spark: Any) -> str:
+        return f"final: {json.dumps(run_training(spark, cfg).get('metrics', {}))}"
+
+    return _run_barrier_job("imagenet-spark train", args.master, work)
 
 
 def tune_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -154,25 +166,15 @@ _TUNE_FLAGS = ("data", "model_dir", "max_trials", "max_parallel_trials", "sample
 def run_tune_cli(args: argparse.Namespace) -> int:
     import os
 
-    from imagenet_spark.spark.session import build_session, end_session, ship_package
     from imagenet_spark.tune import TuneConfig, run_search
 
     cfg = resolve(TuneConfig, preset=args.config, overrides=args.overrides, explicit=_explicit(args, _TUNE_FLAGS))
-    spark = build_session("imagenet-spark tune", master=args.master)
-    rc = 1
-    try:
-        ship_package(spark)
-        result = run_search(spark, cfg, preset_dir=os.path.dirname(os.path.abspath(args.config)) if args.config
-                            else None)
-        log.info("best: %s", json.dumps(result.get("best", {})))
-        rc = 0
-    except ImagenetSparkError as exc:  # logged here: end_session may end the JVM that carries our output
-        log.error("%s: %s", type(exc).__name__, exc)
-    except Exception:  # noqa: BLE001 - same reason: report before the session ends
-        log.exception("search failed")
-    finally:
-        end_session(spark, rc)
-    return rc
+    preset_dir = os.path.dirname(os.path.abspath(args.config)) if args.config else None
+
+    def work(spark: Any) -> str:
+        return f"best: {json.dumps(run_search(spark, cfg, preset_dir=preset_dir).get('best', {}))}"
+
+    return _run_barrier_job("imagenet-spark tune", args.master, work)
 
 
 def predict_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
