@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .standalone import StandaloneCluster, _spark_class
+from .standalone import StandaloneCluster, _spark_class, stop_processes, wait_registered
 
 log = logging.getLogger(__name__)
 
@@ -248,30 +248,11 @@ def netns_cluster(workdir: Path, *, workers: int = 2, cores: int = 1, memory: st
                  "--webui-port", "0", "--work-dir", str(workdir / f"work{i}")],
                 stdout=log_file, stderr=subprocess.STDOUT, env=dict(base_env, SPARK_LOCAL_IP=cluster.addresses[i]),
                 start_new_session=True)
-        while True:
-            text = (workdir / "master.log").read_text(errors="replace")
-            registered = re.findall(r"Registering worker (\S+):\d+", text)
-            if len(registered) >= workers:
-                break
-            for name, proc in cluster.processes.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited early:\n" + (workdir / f"{name}.log").read_text()[-3000:])
-            if time.monotonic() > deadline:
-                raise RuntimeError("namespace cluster did not come up:\n" + text[-3000:])
-            time.sleep(0.5)
+        wait_registered(cluster, workers, deadline=deadline, what="namespace cluster")
         log.info("namespace cluster up: master %s, workers %s", cluster.master_url, cluster.addresses)
         yield cluster
     finally:
-        for proc in cluster.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in cluster.processes.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
+        stop_processes(cluster)
         for i, ns in enumerate(cluster.namespaces):  # executors and TF workers left a new session: kill by namespace
             _kill_namespace_processes(ns)
             _ip("netns", "del", ns, check=False)

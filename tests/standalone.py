@@ -78,27 +78,38 @@ def standalone_cluster(workdir: Path, *, workers: int = 2, cores: int = 1, memor
                 [_spark_class(), "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores",
                  str(cores), "--memory", memory, "--webui-port", str(_free_port()), "--work-dir",
                  str(workdir / f"work{i}")], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            text = (workdir / "master.log").read_text(errors="replace")
-            if len(re.findall(r"Registering worker", text)) >= workers:
-                break
-            for name, proc in cluster.processes.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited early:\n" + (workdir / f"{name}.log").read_text()[-3000:])
-            if time.monotonic() > deadline:
-                raise RuntimeError("standalone cluster did not come up:\n" + text[-3000:])
-            time.sleep(0.5)
+        wait_registered(cluster, workers, deadline=time.monotonic() + timeout_s, what="standalone cluster")
         yield cluster
     finally:
-        for proc in cluster.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in cluster.processes.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+        stop_processes(cluster)
         for log in logs.values():
             log.close()
+
+
+def wait_registered(cluster: StandaloneCluster, workers: int, *, deadline: float, what: str) -> None:
+    """Until the master logged ``workers`` registrations; a process that exits first, or the deadline, fails
+    with the tail of the log that says why."""
+    while True:
+        text = (cluster.workdir / "master.log").read_text(errors="replace")
+        if len(re.findall(r"Registering worker", text)) >= workers:
+            return
+        for name, proc in cluster.processes.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited early:\n" + (cluster.workdir / f"{name}.log").read_text()[-3000:])
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not come up:\n" + text[-3000:])
+        time.sleep(0.5)
+
+
+def stop_processes(cluster: StandaloneCluster) -> None:
+    """SIGTERM every process group the cluster started, SIGKILL what is left after 15 s, and reap them."""
+    for proc in cluster.processes.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in cluster.processes.values():
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
