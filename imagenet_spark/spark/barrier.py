@@ -354,6 +354,9 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
         result["attempts"] = attempts
         result["history"] = read_metrics(cfg.model_dir)
         tracker.finish(result, model_dir=cfg.model_dir)
-    log.info("training finished in %d attempt(s); launch to first step %s s; final: %s", len(attempts),
-             attempts[-1].get("launch_to_first_step_s"), json.dumps(result.get("metrics", {})))
+    done = f"paused after epoch {result['stopped_at_epoch']} (stop_at_epoch)" if result.get("stopped_at_epoch") \
+        else "finished"
+    log.info("%straining %s in %d attempt(s); launch to first step %s s; last epoch: %s",
+             f"{label}: " if label else "", done, len(attempts), attempts[-1].get("launch_to_first_step_s"),
+             json.dumps(result.get("metrics", {})))
     return result
