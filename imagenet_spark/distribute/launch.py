@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,9 +55,18 @@ def run_worker_process(spec: Mapping[str, Any], *, env: Mapping[str, str], rank:
     result_path = os.path.join(workdir, "result.json")
     with open(spec_path, "w") as f:
         json.dump({**spec, "result_path": result_path}, f)
+    # TMPDIR: what TensorFlow leaves in the temp dir (autograph's generated modules, removed only at a clean
+    # exit) goes with the worker's own folder, which we remove however the worker ended.
     child_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-                 "PYTHONUNBUFFERED": "1"}
+                 "PYTHONUNBUFFERED": "1", "TMPDIR": workdir}
     child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return _run(spec_path, result_path, child_env, rank)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(spec_path: str, result_path: str, child_env: Mapping[str, str], rank: int) -> dict[str, Any]:
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     proc = subprocess.Popen([sys.executable, "-m", "imagenet_spark.train.worker", spec_path], env=child_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
