@@ -1,4 +1,4 @@
-# Quick start: `make demo` (set up + run the partition job end to end on generated data), `make test`.
+# Quick start: `make demo` (set up + the whole product end to end on generated data), `make test`.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEMO   ?= demo
@@ -9,13 +9,8 @@ PYTEST_ARGS ?=
 setup:  ## create .venv with the pinned stack + Horovod (idempotent, keyed on the lock files)
 	@bash tools/setup_env.sh
 
-demo: setup  ## fake ImageNet (with quirks and broken files) → partition job via spark-submit → summary
-	@rm -rf $(DEMO)
-	$(PY) -m imagenet_spark fake-data --output $(DEMO)/raw --classes 10 --train-per-class 40 --val-per-class 10 --size 96x72 --quirks --broken
-	PATH=$(abspath $(VENV))/bin:$$PATH PYSPARK_PYTHON=$(abspath $(PY)) SPARK_LOCAL_IP=127.0.0.1 \
-	  $(VENV)/bin/spark-submit --master 'local[2]' --driver-java-options -Dlog4j2.configurationFile=conf/spark/log4j2.properties jobs/partition.py --config conf/partition/smoke.yaml \
-	  --input $(DEMO)/raw --output $(DEMO)/dataset --set max_reject_fraction=0.05
-	$(PY) -m imagenet_spark summary $(DEMO)/dataset
+demo: setup  ## the whole product on fake data: partition -> 2-worker barrier training -> export -> predict -> report
+	@VENV=$(VENV) DEMO=$(DEMO) bash tools/demo.sh
 
 test: setup  ## the whole suite, slow and cluster tests included (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
