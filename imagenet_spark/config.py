@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import types
 import typing
 from pathlib import Path
@@ -91,14 +92,32 @@ def _coerce(setting: str, tp: Any, value: Any) -> Any:
         if isinstance(value, bool):
             raise ConfigError(setting, value, "expected a number.")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(setting, value, "expected a number.") from None
+        if not math.isfinite(number):  # nan/inf pass every range check written as a comparison
+            raise ConfigError(setting, value, "must be a finite number (not nan or inf).",
+                              f"give {setting} a finite value.")
+        return number
     if inner is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(setting, value, "expected a string.")
         return str(value)
     return value
+
+
+def check_finite(config: Any) -> None:
+    """Refuse nan/inf in any float setting (also inside tuples) of a config however it was built: ``resolve``
+    already refuses them while parsing, this catches configs made with the constructor or ``replace``. Why:
+    ``nan`` passes every range check written as a comparison (``nan <= 0`` is False) and then trains to a NaN
+    model; absurd but finite values stay allowed (the trainer's divergence check stops those)."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(field.name, value, "must be a finite number (not nan or inf).",
+                                  f"give {field.name} a finite value.")
 
 
 def _build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
@@ -227,6 +246,7 @@ class PartitionConfig:
     num_partitions: typing.Optional[int] = None
 
     def validate(self) -> None:
+        check_finite(self)
         if not self.input:
             raise ConfigError("input", self.input, "no input given.", "pass --input DIR (or a URI).")
         if not self.output and not self.dry_run:
@@ -355,6 +375,7 @@ class TrainConfig:
     def validate(self) -> None:
         from imagenet_spark.models import available
 
+        check_finite(self)
         if not self.data:
             raise ConfigError("data", self.data, "no dataset given.", "pass --data DIR written by jobs/partition.py.")
         if not self.model_dir:

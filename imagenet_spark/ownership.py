@@ -40,7 +40,9 @@ MARKER = ".imagenet-spark.json"
 LEASE = ".imagenet-spark.lease"
 Kind = Literal["dataset", "model_dir", "search"]
 # Entries a directory may hold and still count as empty: our own lease, and what file browsers leave behind.
-_IGNORABLE = {LEASE, ".DS_Store"}
+# Also the probe dir the preflight check writes into an output before the job claims it (spark/preflight.py
+# PROBE_DIR), left behind when its removal failed: ours, so it does not make a new directory "not empty".
+_IGNORABLE = frozenset({LEASE, ".DS_Store", ".imagenet-spark-preflight"})
 
 
 def canonical(uri: str) -> str:
@@ -265,6 +267,11 @@ class Lease:
         def beat() -> None:
             while not self._stop.wait(self.heartbeat_s):
                 if self._info is None:
+                    return
+                held = _read_lease(self.uri)
+                if held is not None and held.token != self._info.token:  # taken over while we seemed gone
+                    log.error("lease on %s was taken over by %s; not overwriting it", self.directory,
+                              held.describe())
                     return
                 self._info = LeaseInfo(**{**asdict(self._info), "heartbeat": time.time()})
                 try:

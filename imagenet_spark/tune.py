@@ -19,8 +19,12 @@ How a search runs (``jobs/tune.py``, ``imagenet-spark tune``):
   are ``min_epochs * reduction_factor**k``. Comparing best-so-far values means a stopped trial can never
   hold a better recorded metric than the completed trial that beat it, so the best model is always one
   that finished.
-* A trial that fails (bad sampled values, a training that fails after its retries) is recorded with its
-  error and the search goes on.
+* A trial that fails (bad sampled values, a training that fails after its retries, a training that
+  diverged: ``failure: diverged``) is recorded with its error and the search goes on. Diverged trials do not
+  count towards ``stop_after_failures``: they say the sampled values are bad, not that every trial will fail.
+* The search dir is the search's own: disjoint from the data, refused when it holds anything else (a dataset,
+  a model dir, a user's files), marked as a search, and leased for the whole search (a second search on it is
+  refused with the holder). Each ``trial-NNN`` inside it is a model dir of its own, with its own lease.
 * Results: ``trials.csv`` and ``trials.json`` (rewritten after every trial, so a killed search still
   leaves its table), a summary table in the log, and ``best/saved_model`` + ``best/labels.txt`` +
   ``best/trial.json``: a copy of the best trial's export.
@@ -41,6 +45,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Mapping
 
+from imagenet_spark import jsonio, ownership
 from imagenet_spark.config import VAL_METRICS, ConfigError, TrainConfig, read_preset, resolve, to_dict
 from imagenet_spark.data import fs
 from imagenet_spark.errors import ImagenetSparkError
@@ -234,6 +239,8 @@ class TrialRecord:
     seconds: float = 0.0
     model_dir: str = ""
     error: str = ""
+    # Why a failed trial failed, as a kind: "diverged" (NaN/inf loss: the sampled values), "error" (anything else).
+    failure: str = ""
 
 
 def trial_config(cfg: TuneConfig, base: Mapping[str, Any], params: Mapping[str, Any], *, number: int) -> TrainConfig:
@@ -293,6 +300,7 @@ def _run_trial(spark: Any, cfg: TuneConfig, study: Any, trial: Any, record: Tria
         study.tell(trial, record.best)
     except Exception as exc:  # noqa: BLE001 - any trial failure is recorded and the search goes on
         record.status = "failed"
+        record.failure = str(getattr(type(exc), "kind", "error"))  # typed (DivergedError.kind), not from the text
         record.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
         log.warning("%s failed: %s", label, record.error)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -325,20 +333,21 @@ def _write_results(cfg: TuneConfig, records: list[TrialRecord], extra: Mapping[s
     buf = io.StringIO()
     writer = csv.writer(buf)
     columns = ["trial", "status", cfg.metric, "best_epoch", "epochs_run", "stopped_at_epoch", "launches", "seconds",
-               "model_dir", "error"]
+               "model_dir", "error", "failure"]
     writer.writerow(columns + [f"param.{k}" for k in keys])
     for r in records:
         writer.writerow([r.trial, r.status, "" if r.best is None else r.best, r.best_epoch or "", r.epochs_run,
-                         r.stopped_at_epoch or "", r.launches, r.seconds, r.model_dir, r.error]
+                         r.stopped_at_epoch or "", r.launches, r.seconds, r.model_dir, r.error, r.failure]
                         + [r.params.get(k, "") for k in keys])
     fs.write_text_atomic(fs.join(cfg.model_dir, TRIALS_CSV), buf.getvalue())
     doc = {"metric": cfg.metric, "config": to_dict(cfg), **extra, "trials": [dataclasses.asdict(r) for r in records]}
-    fs.write_text_atomic(fs.join(cfg.model_dir, TRIALS_JSON), json.dumps(doc, indent=1, default=str))
+    fs.write_text_atomic(fs.join(cfg.model_dir, TRIALS_JSON), jsonio.dumps(doc, indent=1, default=str))
 
 
 def _failure_streak(records: list[TrialRecord], limit: int) -> str:
-    """Why to stop starting trials ("" to go on): the last ``limit`` finished trials all failed."""
-    finished = [r for r in records if r.status != "running"]
+    """Why to stop starting trials ("" to go on): the last ``limit`` finished trials all failed. Diverged trials
+    are left out: they blame the sampled values (a learning rate too high), not a cause every trial shares."""
+    finished = [r for r in records if r.status != "running" and r.failure != "diverged"]
     tail = finished[-limit:]
     if len(tail) == limit and all(r.status == "failed" for r in tail):
         return (f"{limit} trials in a row failed (stop_after_failures={limit}), last: trial {tail[-1].trial}: "
@@ -360,7 +369,7 @@ def export_best(cfg: TuneConfig, record: TrialRecord) -> str:
         fs.delete(staging)
     _copy_tree(fs.join(src, "saved_model"), fs.join(staging, "saved_model"))
     fs.write_bytes(fs.join(staging, "labels.txt"), fs.read_bytes(fs.join(src, "labels.txt")))
-    fs.write_text_atomic(fs.join(staging, "trial.json"), json.dumps(dataclasses.asdict(record), indent=1))
+    fs.write_text_atomic(fs.join(staging, "trial.json"), jsonio.dumps(dataclasses.asdict(record), indent=1))
     if fs.exists(target):
         fs.delete(target)
     fs.move(staging, target)
@@ -384,15 +393,28 @@ def _prepare_root(cfg: TuneConfig) -> list[TrialRecord]:
                             "--overwrite to start over.")
         fields = {f.name for f in dataclasses.fields(TrialRecord)}
         return [TrialRecord(**{k: v for k, v in t.items() if k in fields}) for t in doc["trials"]]
-    if fs.exists(root) and fs.list_dir(root):
+    ours = [e for e in fs.list_dir(root) if e.relpath not in (ownership.LEASE, ownership.MARKER)] \
+        if fs.exists(root) else []
+    if ours:  # an earlier search (check_search_dir refused anything else before we got here)
         if not cfg.overwrite:
             hint = " pass --resume to continue it," if fs.exists(state) else ""
             raise TuneError(f"model_dir={root!r} already holds files (an earlier search?). Fix:{hint} pass "
                             "--overwrite to start over there, or use another --model-dir.")
-        for entry in fs.list_dir(root):
+        for entry in ours:  # our lease stays: we hold it
             fs.delete(entry.uri)
-    fs.make_dirs(root)
+    ownership.write_mark(root, "search")
     return []
+
+
+def is_search_dir(directory: str) -> bool:
+    """A search dir written before the ownership marker: it holds a trials.json."""
+    return fs.is_file(fs.join(directory, TRIALS_JSON))
+
+
+def check_search_dir(cfg: TuneConfig) -> None:
+    """Refuse a search dir that overlaps the data or holds anything but a search of ours, before any work."""
+    ownership.check_disjoint("model_dir", cfg.model_dir, "data", cfg.data)
+    ownership.check_ours("model_dir", cfg.model_dir, "search", is_search_dir)
 
 
 def _replay(study: Any, record: TrialRecord, distributions: Mapping[str, Any]) -> None:
@@ -436,6 +458,7 @@ def run_search(spark: Any, cfg: TuneConfig, *, preset_dir: str | None = None) ->
     from imagenet_spark.spark.barrier import check_cluster, trains_on_driver
     from imagenet_spark.train.planning import make_run_plan
 
+    check_search_dir(cfg)
     base = _resolve_train_preset(cfg, preset_dir)
     larger = VAL_METRICS[cfg.metric]
     # Fail fast on what every trial shares (dataset, model, settings), before any trial starts.
@@ -454,6 +477,14 @@ def run_search(spark: Any, cfg: TuneConfig, *, preset_dir: str | None = None) ->
     log.info("search: %d trials, %s; %s on %s (%s); %s", cfg.max_trials, how, cfg.sampler, cfg.metric,
              "larger is better" if larger else "smaller is better",
              f"early stopping ({cfg.early_stopping}) at epochs {stops}" if stops else "no early stopping")
+    with ownership.Lease("model_dir", cfg.model_dir, "imagenet-spark tune"):
+        check_search_dir(cfg)  # again, under the lease
+        return _search(spark, cfg, base, stops, parallel, larger=larger)
+
+
+def _search(spark: Any, cfg: TuneConfig, base: Mapping[str, Any], stops: list[int], parallel: int, *,
+            larger: bool) -> dict[str, Any]:
+    """The trials, once the search dir is checked and leased; returns the summary (also in ``trials.json``)."""
     kept = _prepare_root(cfg)
     study = make_study(cfg, direction="maximize" if larger else "minimize")
     distributions = {k: parse_param(k, v) for k, v in cfg.space.items()}

@@ -25,6 +25,7 @@ import re
 import time
 from typing import Any, Iterator
 
+from imagenet_spark import ownership
 from imagenet_spark.config import TrainConfig, to_dict
 from imagenet_spark.distribute.cluster import (Endpoint, LaunchError, gpu_addresses, host_layout, split_host_port,
                                                tf_config, visible_gpus)
@@ -36,8 +37,8 @@ from imagenet_spark.spark.jobs import SparkJobError, run_barrier
 from imagenet_spark.spark.preflight import check_spark_conf, check_training_paths, with_absolute_paths
 from imagenet_spark.spark.session import executors_in_driver_jvm
 from imagenet_spark.tracking import Tracker
-from imagenet_spark.train.loop import RunPlan, read_metrics
-from imagenet_spark.train.planning import make_run_plan, prepare_model_dir
+from imagenet_spark.train.loop import RunPlan, failure_error, read_metrics
+from imagenet_spark.train.planning import check_model_dir, make_run_plan, prepare_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -278,19 +279,43 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
                  label: str | None = None) -> dict[str, Any]:
     """Plan, check, launch, retry. Returns the chief's final result plus the attempts' history.
 
-    ``label`` (e.g. "trial 3") prefixes the progress lines, for several trainings running at once."""
+    ``label`` (e.g. "trial 3") prefixes the progress lines, for several trainings running at once. The model
+    dir is checked first (disjoint from the data, ours or new) and leased for the whole training: a second
+    job on it is refused with the holder. A diverged run raises DivergedError, not retried."""
+    from imagenet_spark.data import fs
+
     cfg = with_absolute_paths(cfg, "data", "model_dir")  # executors have another working directory
+    check_model_dir(cfg)  # before any work: never write into (or --overwrite) the dataset or a stranger's dir
+    existed = fs.exists(cfg.model_dir)
+    try:
+        # One job at a time: leased before the checks below (a second job learns the holder at once).
+        with ownership.Lease("model_dir", cfg.model_dir, f"imagenet-spark train{f' ({label})' if label else ''}"):
+            return _check_claim_launch(spark, cfg, label=label, inject_port_conflict_rank=inject_port_conflict_rank)
+    finally:
+        if not existed and fs.exists(cfg.model_dir) and not fs.list_dir(cfg.model_dir):
+            fs.delete(cfg.model_dir)  # refused before the claim: leave no empty dir behind either
+
+
+def _check_claim_launch(spark: Any, cfg: TrainConfig, *, label: str | None,
+                        inject_port_conflict_rank: int | None) -> dict[str, Any]:
+    """Plan and check the cluster and paths; only when all passed, claim the model dir and launch."""
     plan = make_run_plan(cfg)
     on_driver = trains_on_driver(cfg, spark.sparkContext.master)
     if not on_driver:
         slots = check_cluster(spark, cfg)
         log.info("cluster: %d barrier slots for %d workers", slots, cfg.workers)
         check_training_paths(spark, cfg, tasks=slots)
-    # Only now, every check passed, is the model dir claimed (config.json): a refused launch leaves no trace.
-    mode = prepare_model_dir(cfg)
+    mode = prepare_model_dir(cfg)  # claimed (marker, config.json) only now: a refused launch leaves no trace
     if mode == "resume":
         log.info("model_dir %s holds a run: resuming it (checkpoint at step %d)", cfg.model_dir,
                  _checkpoint_position(cfg, plan))
+    return _launch(spark, cfg, plan, on_driver=on_driver, label=label,
+                   inject_port_conflict_rank=inject_port_conflict_rank)
+
+
+def _launch(spark: Any, cfg: TrainConfig, plan: RunPlan, *, on_driver: bool, label: str | None,
+            inject_port_conflict_rank: int | None) -> dict[str, Any]:
+    """The attempts: launch, and relaunch after a failure a retry can fix (from the newest checkpoint)."""
     state: dict[str, Any] = {}
     attempts: list[dict[str, Any]] = []
     failures = port_conflicts = 0
@@ -319,8 +344,12 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
                                                       + (f" ({label})" if label else ""))
                     result = json.loads(outputs[0])
                 first = state.get("first_step_at")
-                attempts.append({"attempt": attempt, "status": "ok", "seconds": round(time.monotonic() - started, 1),
+                failure = result.get("failure")  # a structured failure no retry can fix (e.g. "diverged")
+                attempts.append({"attempt": attempt, "status": failure["kind"] if failure else "ok",
+                                 "seconds": round(time.monotonic() - started, 1),
                                  "launch_to_first_step_s": round(first - started, 2) if first else None})
+                if failure:
+                    raise failure_error(failure)  # not retried: the checkpoint would diverge again
                 break
             except (SparkJobError, LaunchError) as exc:
                 text = str(exc)

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from imagenet_spark import jsonio
 from imagenet_spark.config import VAL_METRICS, TrainConfig
 from imagenet_spark.data import fs
 from imagenet_spark.data.sharding import ShardPlan
@@ -45,6 +46,35 @@ Reporter = Callable[[dict[str, Any]], None]
 
 class TrainingError(ImagenetSparkError, RuntimeError):
     """Training cannot continue as configured; the message names the setting and the fix."""
+
+
+class DivergedError(TrainingError):
+    """The loss or the gradients became NaN/inf (or the weights to export are not finite): the run stopped,
+    nothing was exported. Never retried: a relaunch resumes from the same checkpoint with the same settings and
+    diverges again. Crosses the Spark boundary as the structured failure ``{"kind": "diverged", ...}`` in the
+    worker's result (:meth:`to_failure`, :func:`failure_error`), never by its message text."""
+
+    kind = "diverged"
+
+    def __init__(self, message: str, *, step: int, learning_rate: float | None) -> None:
+        super().__init__(message)
+        self.step, self.learning_rate = step, learning_rate
+
+    def to_failure(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": str(self), "step": self.step, "learning_rate": self.learning_rate}
+
+
+# Failure kinds a worker reports in its result instead of raising (so they survive the Spark boundary typed).
+FAILURE_KINDS: dict[str, type[DivergedError]] = {DivergedError.kind: DivergedError}
+
+
+def failure_error(failure: dict[str, Any]) -> TrainingError:
+    """The typed error of a worker's structured failure (the inverse of ``to_failure``)."""
+    cls = FAILURE_KINDS.get(str(failure.get("kind")))
+    if cls is None:
+        return TrainingError(f"training failed ({failure.get('kind')}): {failure.get('message', '')}")
+    return cls(str(failure.get("message", "")), step=int(failure.get("step") or 0),
+               learning_rate=failure.get("learning_rate"))
 
 
 @dataclass(frozen=True)
@@ -96,8 +126,57 @@ def _steps_per_loop(cfg: TrainConfig, steps_per_epoch: int) -> int:
 def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Reporter | None = None) -> dict[str, Any]:
     """Train (or resume) to ``cfg.epochs``; the chief writes checkpoints, metrics, TensorBoard and the export.
 
-    Returns the final metrics (on every rank; only the chief's is used).
+    Returns the final metrics (on every rank; only the chief's is used), or ``{"failure": {...}}`` when the run
+    diverged: a structured failure the driver turns back into :class:`DivergedError` and does not retry. Every
+    rank reaches that decision at the same step (it is made from values reduced across workers), so no rank is
+    left waiting in a collective.
     """
+    try:
+        return _train(cfg, ctx, plan, report=report)
+    except DivergedError as exc:
+        log.error("rank %d: %s", ctx.rank, exc)
+        return {"failure": exc.to_failure()}
+
+
+def _divergence_fix(cfg: TrainConfig) -> str:
+    return (f"Fix: lower base_lr (now {cfg.base_lr:g}; e.g. --set base_lr={cfg.base_lr / 10:g}) or whatever raised "
+            f"the rate (step_factor, schedule), lengthen warmup_epochs (now {cfg.warmup_epochs:g}), and check the "
+            "data (labels, broken images); then rerun with --overwrite: the checkpoints hold these settings and "
+            "a resumed run would diverge again.")
+
+
+def _check_finite_training(cfg: TrainConfig, backend: Any, sums: dict[str, Any], running_loss: float, *,
+                           global_step: int, steps: int, epoch: int, lr: float) -> None:
+    """Raise DivergedError when a step of the last ``steps`` had a non-finite loss or gradient norm.
+
+    Costs nothing extra per step: it runs where the loop already reads the running loss (every
+    ``_steps_per_loop`` steps, at most 50, and after the very first step), from sums that are reduced across
+    workers, so every rank decides alike."""
+    bad_steps = backend.sum_across_workers(float(sums["nonfinite"].result()))
+    if math.isfinite(running_loss) and not bad_steps:
+        return
+    what = "the loss" if not math.isfinite(running_loss) else "the gradient norm"
+    raise DivergedError(
+        f"training diverged: {what} is not finite (epoch {epoch} running loss {running_loss}) at global step "
+        f"{global_step}, first bad step between {global_step - steps + 1} and {global_step} (checked every "
+        f"{steps} step(s)); learning rate {lr:.4g} there (peak {cfg.learning_rate:.4g} = base_lr {cfg.base_lr:g} x "
+        f"{cfg.global_batch_size}/256). Nothing was exported and this state was not checkpointed. "
+        + _divergence_fix(cfg), step=global_step, learning_rate=lr)
+
+
+def _check_finite_weights(cfg: TrainConfig, weights: list[Any], *, what: str, step: int, lr: float | None) -> None:
+    """Refuse to checkpoint or export weights holding NaN/inf (a model that predicts ``nan``)."""
+    import numpy as np
+
+    bad = sum(1 for w in weights if not np.all(np.isfinite(w)))
+    if bad:
+        raise DivergedError(f"training diverged: {bad} of {len(weights)} weight tensors hold NaN/inf at global step "
+                            f"{step}; {what} refused (learning rate {lr if lr is None else f'{lr:.4g}'}). "
+                            + _divergence_fix(cfg), step=step, learning_rate=lr)
+
+
+def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Reporter | None = None) -> dict[str, Any]:
+    """The loop behind :func:`train` (which turns a divergence into a structured failure)."""
     from imagenet_spark.distribute.backends import make_backend
 
     backend = make_backend(cfg.backend, ctx,  # before any other TensorFlow op
@@ -124,7 +203,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Report
         if cfg.precision == "mixed_float16":
             optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
         sums = {name: tf.keras.metrics.Sum(name=name) for name in
-                ("loss", "top1", "top5", "count", "val_loss", "val_top1", "val_top5", "val_count")}
+                ("loss", "top1", "top5", "count", "val_loss", "val_top1", "val_top5", "val_count", "nonfinite")}
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch",
                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch",
@@ -161,9 +240,13 @@ def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Report
         return None
 
     def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
+        number = epoch * plan.steps_per_epoch + step_in_epoch
+        # Every rank reads the weights (a collective under MWMS), so every rank refuses alike.
+        _check_finite_weights(cfg, model.get_weights(), what="the checkpoint", step=number,
+                              lr=schedule(max(0, number - 1)))
         epoch_var.assign(epoch)
         step_var.assign(step_in_epoch)
-        path = save(manager, checkpoint, epoch * plan.steps_per_epoch + step_in_epoch)
+        path = save(manager, checkpoint, number)
         if path:
             log.info("checkpoint %s (epoch %d, step %d)", path, epoch, step_in_epoch)
 
@@ -229,6 +312,8 @@ def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Report
             step += n
             steps_run += n
             global_step += n
+            _check_finite_training(cfg, backend, sums, running_loss, global_step=global_step, steps=n,
+                                   epoch=epoch + 1, lr=schedule(global_step - 1))
             if cfg.fail_at_step is not None and ctx.attempt == 0 and global_step == cfg.fail_at_step \
                     and ctx.rank == cfg.fail_rank:
                 log.error("fail_at_step=%d: rank %d exits on purpose (fault injection)", global_step, ctx.rank)
@@ -275,7 +360,7 @@ def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Report
         last = record
         if ctx.is_chief:
             history.append(record)
-            fs.write_text_atomic(fs.join(cfg.model_dir, METRICS), json.dumps(history, indent=1))
+            fs.write_text_atomic(fs.join(cfg.model_dir, METRICS), jsonio.dumps(history, indent=1))
             assert writer is not None
             with writer.as_default(step=global_step):
                 for key, value in record.items():
@@ -298,6 +383,8 @@ def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Report
     # reads them, then only the chief exports, from a strategy-free copy.
     weights = model.get_weights()
     consistency = backend.replica_consistency(weights)  # a collective under Horovod: every rank calls it
+    # A resumed run whose newest checkpoint is already broken reaches here without training a step.
+    _check_finite_weights(cfg, weights, what="the export", step=global_step, lr=None)
     if ctx.is_chief:
         best_path = tf.train.latest_checkpoint(_local_or_uri(fs.join(ckpt_dir, BEST))) if cfg.export == "best" else None
         if cfg.export == "best" and not best_path:
@@ -347,9 +434,23 @@ def make_step_functions(cfg: TrainConfig, backend: Any, model: Any, optimizer: A
 
     compiled_forward_backward = tf.function(forward_backward, jit_compile=True) if cfg.xla else forward_backward
 
+    # The loss-scale optimizer of mixed_float16 meets inf gradients on purpose (it skips that step and lowers
+    # the scale), so there only the loss counts as divergence.
+    check_gradients = cfg.precision != "mixed_float16"
+
+    def count_nonfinite(per_example: Any, grads: Any) -> None:
+        """Steps with a non-finite loss or gradient norm, summed in-graph: read only where the loop already
+        syncs with the host (no extra sync per step)."""
+        bad = tf.logical_not(tf.math.is_finite(tf.reduce_sum(per_example)))
+        if check_gradients:
+            bad = tf.logical_or(bad, tf.logical_not(tf.math.is_finite(tf.linalg.global_norm(grads))))
+        sums["nonfinite"].update_state(tf.cast(bad, tf.float32))
+
     def train_step(images: Any, labels: Any) -> None:
         grads, per_example, logits = compiled_forward_backward(images, labels)
         grads = backend.reduce_gradients(grads)
+        if "nonfinite" in sums:  # the benchmarks build their own sums without it
+            count_nonfinite(per_example, grads)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         sums["loss"].update_state(tf.reduce_sum(per_example))
         sums["top1"].update_state(tf.reduce_sum(correct(labels, logits, 1)))
@@ -403,6 +504,7 @@ def _export(cfg: TrainConfig, plan: RunPlan, weights: list[Any], *, best_checkpo
     if best_checkpoint:
         tf.train.Checkpoint(model=plain).restore(best_checkpoint).expect_partial()
         log.info("exporting the best epoch's weights from %s", best_checkpoint)
+        _check_finite_weights(cfg, plain.get_weights(), what=f"the export of {best_checkpoint}", step=0, lr=None)
     else:
         plain.set_weights(weights)
     labels_uri = fs.join(cfg.model_dir, LABELS)

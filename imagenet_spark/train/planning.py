@@ -11,6 +11,7 @@ import json
 import logging
 from typing import Any
 
+from imagenet_spark import jsonio, ownership
 from imagenet_spark.config import TrainConfig, to_dict
 from imagenet_spark.data import fs
 from imagenet_spark.data.schema import DatasetError
@@ -62,9 +63,37 @@ def make_run_plan(cfg: TrainConfig) -> RunPlan:
     return plan
 
 
+# Keys every config.json the trainer ever wrote holds: how a model dir from before the ownership marker is known.
+_MODEL_DIR_KEYS = frozenset({"data", "model_dir", "model", "global_batch_size", "base_lr", "epochs"})
+
+
+def is_model_dir(directory: str) -> bool:
+    """Whether ``directory`` is a model dir the trainer wrote before it marked its dirs (ownership.MARKER): its
+    config.json is a JSON object holding TrainConfig's keys. A dataset, or a user's folder, is not."""
+    uri = fs.join(directory, CONFIG_JSON)
+    try:
+        if not fs.is_file(uri):
+            return False
+        data = json.loads(fs.read_text(uri))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and _MODEL_DIR_KEYS <= set(data)
+
+
+def check_model_dir(cfg: TrainConfig) -> bool:
+    """Refuse, before any work, a model dir the trainer must not write: one that overlaps the dataset (equal,
+    inside or containing it: ``--overwrite`` would delete the dataset's files), or one that exists, is not empty
+    and was not made by the trainer (a dataset, a search dir, a user's folder), ``--overwrite`` or not.
+    Returns True when it holds an earlier run of ours."""
+    ownership.check_disjoint("model_dir", cfg.model_dir, "data", cfg.data)
+    return ownership.check_ours("model_dir", cfg.model_dir, "model_dir", is_model_dir)
+
+
 def prepare_model_dir(cfg: TrainConfig) -> str:
     """Start, resume or refuse: returns "new" or "resume". A model dir with checkpoints of another config is
-    refused (resuming it would silently mix runs) unless --overwrite."""
+    refused (resuming it would silently mix runs) unless --overwrite, which deletes only the files the trainer
+    writes, and only in a dir it marked as its own (checked again here: the caller holds the dir's lease now)."""
+    check_model_dir(cfg)
     config_uri = fs.join(cfg.model_dir, CONFIG_JSON)
     has_state = fs.exists(fs.join(cfg.model_dir, CHECKPOINTS)) or fs.exists(config_uri)
     if has_state and cfg.overwrite:
@@ -85,7 +114,8 @@ def prepare_model_dir(cfg: TrainConfig) -> str:
                                "over, or use another --model-dir.")
         mode = "resume"
     fs.make_dirs(cfg.model_dir)
-    fs.write_text_atomic(config_uri, json.dumps(current, indent=1))
+    ownership.write_mark(cfg.model_dir, "model_dir")
+    fs.write_text_atomic(config_uri, jsonio.dumps(current, indent=1))
     labels = fs.read_text(fs.join(cfg.data, LABELS))
     fs.write_text_atomic(fs.join(cfg.model_dir, LABELS), labels)
     return mode
