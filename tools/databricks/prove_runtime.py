@@ -137,7 +137,15 @@ def reset_to_runtime(python: str, venv: Path) -> None:
     added = sorted(set(current) - set(runtime))
     if added:
         log.info("removing what an earlier run added: %s", ", ".join(added))
+        tops = top_level_dirs(python)
+        # Uninstalling an added distribution that shared a folder with a runtime one deletes the runtime's files
+        # too (pip removes by RECORD): reinstall those owners afterwards.
+        owners = sorted({owner for name in added for owner in runtime if tops.get(name, set()) & tops.get(owner, set())})
         run([python, "-m", "pip", "uninstall", "-q", "-y", *added], capture_output=True)
+        if owners:
+            log.info("restoring the runtime's %s", ", ".join(owners))
+            run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", "--force-reinstall",
+                 "--only-binary", ":all:", *[f"{name}=={runtime[name]}" for name in owners]])
     changed = [name for name, version in runtime.items() if pip_list(python).get(name) != version]
     if changed:
         sys.exit(f"{venv} no longer holds the runtime ({', '.join(changed)} changed): delete it and rerun")
