@@ -223,6 +223,9 @@ class PartitionConfig:
     quality: int = 90
     # Images with more pixels than this are quarantined (decompression-bomb guard).
     max_pixels: int = 89_478_485
+    # Bytes of a rejected input kept in DST/rejects/ (per file; 0 keeps none). A larger file keeps empty bytes and
+    # a detail saying so: the quarantine is for looking at bad inputs, not a second copy of a huge one.
+    reject_bytes_cap: int = 16 << 20
     # The job fails (and publishes nothing) when more than this fraction of inputs is rejected.
     max_reject_fraction: float = 0.01
     # Images per Spark task; one Parquet file per task. Bounds executor memory and the work lost on a retry.
@@ -260,6 +263,9 @@ class PartitionConfig:
             raise ConfigError("quality", self.quality, "JPEG quality must be between 1 and 100.")
         if self.max_pixels < 1:
             raise ConfigError("max_pixels", self.max_pixels, "must be positive.")
+        if self.reject_bytes_cap < 0:
+            raise ConfigError("reject_bytes_cap", self.reject_bytes_cap, "must be 0 (keep no bytes) or more.",
+                              "pass a size in bytes, e.g. --set reject_bytes_cap=16777216.")
         if not 0.0 <= self.max_reject_fraction <= 1.0:
             raise ConfigError("max_reject_fraction", self.max_reject_fraction, "must be between 0 and 1.")
         if self.images_per_task < 1:

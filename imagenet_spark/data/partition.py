@@ -30,7 +30,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import asdict
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -140,20 +140,65 @@ class _Slice(io.RawIOBase):
         return len(data)
 
 
-def _iter_archive(uri: str, name: str, offset: int, size: int) -> Iterator[tuple[str, bytes | None, str]]:
-    """(filename, bytes or None, error) for each regular member of a tar, streamed (never extracted)."""
+class _Member(NamedTuple):
+    """One member of a per-class tar: bytes, or a reject reason and detail, or why it is no input (skipped)."""
+
+    filename: str
+    data: bytes | None
+    reason: str = ""
+    detail: str = ""
+    skip: str = ""
+
+
+def _iter_archive(uri: str, name: str, offset: int, size: int) -> Iterator[_Member]:
+    """Each member of a tar, streamed: nothing is extracted to disk, link members are never followed.
+
+    Member names (``../x``, ``/etc/passwd``) are only names here. A symlink or hard-link member is skipped with
+    its target (``extractfile`` would resolve it to another member); device/FIFO members likewise; a second
+    member of the same name is skipped as ``name#N``, so every filename is accounted for once."""
+    seen: Counter[str] = Counter()
     with fs.open_input(uri) as raw:
         stream = io.BufferedReader(_Slice(raw, offset, size), 1 << 20) if offset >= 0 else raw
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in tar:
-                    if not member.isfile():
+                    if member.isdir():
                         continue
+                    seen[member.name] += 1
                     fname = f"{name}/{member.name}"
-                    f = tar.extractfile(member)
-                    yield fname, (f.read() if f else b""), ""
+                    if seen[member.name] > 1:
+                        yield _Member(f"{fname}#{seen[member.name]}", None,
+                                      skip="duplicate member name in the archive; the first is used")
+                    elif member.issym() or member.islnk():
+                        yield _Member(fname, None, skip=f"link member in the archive (to {member.linkname!r}); "
+                                                        "never followed")
+                    elif not member.isfile():
+                        yield _Member(fname, None, skip="not a regular file member (device or FIFO)")
+                    else:
+                        f = tar.extractfile(member)
+                        yield _Member(fname, f.read() if f else b"")
         except (tarfile.TarError, OSError, EOFError) as exc:
-            yield f"{name}/<archive>", None, f"archive unreadable after the members above: {exc}"
+            yield _Member(f"{name}/<archive>", None, images.READ_ERROR,
+                          f"archive unreadable after the members above: {exc}")
+
+
+def _read_input(within: fs.InputRoot, uri: str, offset: int, size: int) -> tuple[bytes | None, str, str]:
+    """(bytes, "", "") of one listed input, or (None, reason, detail). The listing checked the path against the
+    input root; it is checked again here, where it is read, in case the tree changed in between."""
+    if within.resolve(uri) is None:
+        return None, images.OUTSIDE_INPUT_ROOT, "resolves outside the input root when read (changed since listing)"
+    try:
+        return fs.read_bytes(uri, offset, size), "", ""
+    except OSError as exc:
+        return None, images.READ_ERROR, f"cannot read: {exc}"
+
+
+def _capped(data: bytes, detail: str, cap: int) -> tuple[bytes, str]:
+    """The bytes a rejects row keeps: all up to ``reject_bytes_cap``, else none (and the detail says so)."""
+    if len(data) <= cap:
+        return data, detail
+    note = f"bytes not kept: {len(data)} > reject_bytes_cap={cap}"
+    return b"", f"{detail}; {note}" if detail else note
 
 
 class _TaskWriter:
@@ -239,6 +284,7 @@ def process_task(task: dict[str, Any], cfg_dict: dict[str, Any], staging: str) -
     """Run one task on an executor; returns (and persists) its result. Never raises on bad images."""
     started = time.monotonic()
     cfg = PartitionConfig(**cfg_dict)
+    within = fs.InputRoot.of(cfg.input)
     # Fail half way through, with a partial Parquet file open, to prove nothing half-written is kept.
     fail_at = len(task.get("items", ())) // 2 if _should_inject_failure(cfg.inject_failure, task["id"]) else -1
     split, synset, label = task["split"], task["synset"], task["label"]
@@ -256,6 +302,7 @@ def process_task(task: dict[str, Any], cfg_dict: dict[str, Any], staging: str) -
     input_bytes = 0
 
     def reject(fname: str, item_synset: str, reason: str, detail: str, data: bytes) -> None:
+        data, detail = _capped(data, detail, cfg.reject_bytes_cap)
         rejects.append((fname, reason, detail))
         for key, value in (("filename", fname), ("synset", item_synset), ("reason", reason),
                            ("detail", detail), ("data", data)):
@@ -263,8 +310,8 @@ def process_task(task: dict[str, Any], cfg_dict: dict[str, Any], staging: str) -
 
     def handle(fname: str, item_synset: str, data: bytes | None, pre_reason: str, pre_detail: str) -> None:
         nonlocal written, input_bytes
-        if data is None:
-            reject(fname, item_synset, images.READ_ERROR, pre_detail, b"")
+        if data is None:  # never read: unreadable, or outside the input root
+            reject(fname, item_synset, pre_reason or images.READ_ERROR, pre_detail, b"")
             return
         input_bytes += len(data)
         if pre_reason:
@@ -285,25 +332,23 @@ def process_task(task: dict[str, Any], cfg_dict: dict[str, Any], staging: str) -
         for n, (uri, fname, offset, size, item_synset, pre_reason, pre_detail) in enumerate(task["items"]):
             if n == fail_at:
                 raise InjectedFailure(f"inject_failure={cfg.inject_failure!r}: task {task['id']} fails at image {n}")
-            if pre_reason == images.READ_ERROR:
+            if pre_reason in (images.READ_ERROR, images.OUTSIDE_INPUT_ROOT):
                 handle(fname, item_synset, None, pre_reason, pre_detail)
                 continue
-            try:
-                data = fs.read_bytes(uri, offset, size)
-            except OSError as exc:
-                handle(fname, item_synset, None, images.READ_ERROR, f"cannot read: {exc}")
-                continue
-            handle(fname, item_synset, data, pre_reason, pre_detail)
+            data, reason, detail = _read_input(within, uri, offset, size)
+            handle(fname, item_synset, data, reason or pre_reason, detail or pre_detail)
         expected = len(task["items"])
     else:
         uri, name, offset, size = task["archive"]
         expected = 0
-        for fname, data, error in _iter_archive(uri, name, offset, size):
-            if posixpath.basename(fname).startswith((".", "_")) and data is not None:
-                skipped.append((fname, "hidden or system file"))
+        members = (_iter_archive(uri, name, offset, size) if within.resolve(uri) is not None else
+                   [_Member(name, None, images.OUTSIDE_INPUT_ROOT, "resolves outside the input root when read")])
+        for fname, data, reason, detail, skip in members:
+            if skip or (posixpath.basename(fname).startswith((".", "_")) and data is not None):
+                skipped.append((fname, skip or "hidden or system file"))
                 continue
             expected += 1
-            handle(fname, synset, data, images.READ_ERROR if error else "", error)
+            handle(fname, synset, data, reason, detail)
     writer.close()
     if not real_class and written:
         raise PartitionError(f"task {task['id']}: rejected items were written; this is a bug")
