@@ -341,8 +341,9 @@ class TrainConfig:
     decode_threads: typing.Optional[int] = None
     # How the training stream reads the dataset: "petastorm" (make_batch_reader; it unpickles the Unischema in
     # _common_metadata, so a dataset from an untrusted source can run code) or "parquet" (pyarrow only, by the
-    # Parquet schema: nothing is unpickled). Evaluation and planning never unpickle either way.
-    train_reader: str = "petastorm"
+    # Parquet schema: nothing is unpickled); "auto": petastorm where it is installed (legacy stack), else
+    # parquet. Evaluation and planning never unpickle either way.
+    train_reader: str = "auto"
     # --- evaluation, checkpoints, fault tolerance
     eval_every_epochs: int = 1
     checkpoint_every_steps: int = 0
@@ -405,8 +406,9 @@ class TrainConfig:
             raise ConfigError("epochs", self.epochs, "must be positive.")
         if self.shard_by not in ("row_group", "synset"):
             raise ConfigError("shard_by", self.shard_by, "must be row_group or synset.")
-        if self.train_reader not in ("petastorm", "parquet"):
-            raise ConfigError("train_reader", self.train_reader, "must be petastorm or parquet.")
+        from imagenet_spark.distribute.stack import check_train_config
+
+        check_train_config(self)  # train_reader's values; horovod or petastorm asked on a stack without them
         if self.schedule not in SCHEDULES:
             raise ConfigError("schedule", self.schedule, f"unknown schedule; known: {', '.join(SCHEDULES)}.")
         if self.precision not in PRECISIONS:

@@ -179,7 +179,7 @@ class Tracker:
             if isinstance(exc, TrackingError):  # our own message already names the fix
                 fix = ""
             elif isinstance(exc, ImportError):
-                fix = " Fix: install the client (pip install mlflow-skinny; requirements/lock.txt pins it), or turn " \
+                fix = " Fix: install the client (pip install mlflow-skinny; requirements/*.lock pin it), or turn " \
                       "tracking off."
             else:
                 fix = " Fix: check the tracking URI and that the store is writable, or turn tracking off."

@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+import imagenet_spark  # noqa: F401 - sets TF_USE_LEGACY_KERAS (tf-keras stacks) before any test imports TF
+from imagenet_spark.distribute import stack
+
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -39,3 +42,16 @@ def dataset(spark, tmp_path_factory):
                                                                 resize_short=40, images_per_task=16,
                                                                 rows_per_row_group=8)))
     return root / "ds"
+
+
+def pytest_collection_modifyitems(config, items):
+    """``legacy_only`` tests (Horovod, stock petastorm) are skipped on a stack without them, with the reason;
+    ``make test STACK=legacy`` selects them by the marker."""
+    missing = [name for name in ("horovod", "petastorm") if not stack.has_module(name)]
+    if not missing:
+        return
+    skip = pytest.mark.skip(reason=f"legacy stack only: {' and '.join(missing)} not installed on the "
+                                   f"{stack.describe()}; run `make test STACK=legacy`")
+    for item in items:
+        if item.get_closest_marker("legacy_only"):
+            item.add_marker(skip)

@@ -276,6 +276,7 @@ def _last_step(log_text: str) -> int:
     return last
 
 
+@pytest.mark.legacy_only
 def test_horovod_worker_killed_mid_training_resumes(cluster, killed_partition, tmp_path):
     """Horovod (Gloo) training; after epoch 1, one executor JVM is SIGKILLed: its Python worker and the
     TensorFlow rank below it die with it, the driver relaunches the barrier stage, training resumes from the

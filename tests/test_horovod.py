@@ -137,6 +137,7 @@ def test_choose_iface():
 # Rendezvous hosted by task 0
 
 
+@pytest.mark.legacy_only
 def test_rendezvous_binds_its_own_address_and_stops():
     server = start_rendezvous(host="127.0.0.1", plan=host_alloc_plan(["127.0.0.1"] * 2))
     try:
@@ -199,6 +200,7 @@ def _launch_two(spec_config: dict[str, Any]) -> tuple[list[Any], _FakeBarrier]:
     return results, fake
 
 
+@pytest.mark.legacy_only
 def test_port_is_shared_by_a_second_all_gather():
     results, fake = _launch_two({"network_interface": None, "barrier_timeout_s": 600})
     (server, env0), (none, env1) = results
@@ -211,6 +213,7 @@ def test_port_is_shared_by_a_second_all_gather():
         server.stop()
 
 
+@pytest.mark.legacy_only
 def test_rank0_that_cannot_start_the_server_still_gathers_and_everyone_fails(monkeypatch):
     import imagenet_spark.distribute.horovod_env as he
 
@@ -254,6 +257,7 @@ except BackendError as exc:
     assert "built without Gloo" in nogloo and "HOROVOD_WITH_GLOO=1" in nogloo
 
 
+@pytest.mark.legacy_only
 @pytest.mark.slow
 @pytest.mark.parametrize("hosts", [["127.0.0.1"] * 2, ["a", "b", "b"]], ids=["2-on-loopback", "uneven-1+2"])
 def test_gloo_workers_without_spark(hosts):
@@ -301,6 +305,7 @@ def horovod_run(spark, dataset, tmp_path_factory):
     return model_dir, result
 
 
+@pytest.mark.legacy_only
 @pytest.mark.slow
 def test_horovod_trains_evaluates_exactly_and_exports(horovod_run):
     model_dir, result = horovod_run
@@ -315,6 +320,7 @@ def test_horovod_trains_evaluates_exactly_and_exports(horovod_run):
     assert (model_dir / "labels.txt").exists() and list((model_dir / "tensorboard").iterdir())
 
 
+@pytest.mark.legacy_only
 @pytest.mark.slow
 def test_every_rank_ends_with_identical_weights(horovod_run):
     """Rank 0 reports its checksum and the sum over ranks of every rank's checksum (batch-norm statistics
@@ -324,6 +330,7 @@ def test_every_rank_ends_with_identical_weights(horovod_run):
     assert result["weights_checksum_sum"] == 2 * result["weights_checksum"]
 
 
+@pytest.mark.legacy_only
 @pytest.mark.slow
 def test_parity_with_multi_worker_mirrored(spark, dataset, horovod_run, tmp_path):
     from imagenet_spark.spark.barrier import run_training
@@ -339,6 +346,7 @@ def test_parity_with_multi_worker_mirrored(spark, dataset, horovod_run, tmp_path
     assert [r["learning_rate"] for r in hvd_history] == [r["learning_rate"] for r in mwms["history"]]
 
 
+@pytest.mark.legacy_only
 @pytest.mark.slow
 @pytest.mark.parametrize("fail_rank", [1, 0])
 def test_resume_after_a_crash(spark, dataset, tmp_path, fail_rank):

@@ -200,6 +200,7 @@ def test_mwms_across_namespaces_binds_own_addresses(cluster_and_data):
     print(f"mwms across namespaces in {seconds:.0f} s; listening sockets: {json.dumps(report)}")
 
 
+@pytest.mark.legacy_only
 @pytest.mark.timeout(600)
 def test_horovod_across_namespaces_binds_own_addresses(cluster_and_data):
     pytest.importorskip("horovod.tensorflow")
@@ -232,6 +233,7 @@ def test_horovod_across_namespaces_binds_own_addresses(cluster_and_data):
     print(f"horovod across namespaces in {seconds:.0f} s; listening sockets: {json.dumps(report)}")
 
 
+@pytest.mark.legacy_only
 def test_horovod_refuses_hosts_whose_hostname_is_loopback_without_retrying(cluster_and_data):
     """The shared /etc/hosts maps the hostname to 127.0.0.1 on both "hosts": Gloo would dial loopback across
     hosts and crash after the rendezvous. The launcher refuses it before any TF worker starts, once (a relaunch

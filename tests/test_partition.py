@@ -147,6 +147,7 @@ STOCK_READERS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.legacy_only
 def test_stock_readers_in_a_separate_process(ilsvrc_dataset, spark, tmp_path):
     dst, manifest = ilsvrc_dataset
     script = tmp_path / "read.py"

@@ -97,6 +97,7 @@ def _cfg(data: Path, **kw) -> TrainConfig:
     return resolve(TrainConfig, explicit={**base, **kw})
 
 
+@pytest.mark.legacy_only
 def test_stock_petastorm_runs_the_pickled_payload(poisoned):
     """The threat is real: petastorm's reader unpickles ``_common_metadata`` before reading a row."""
     from petastorm import make_batch_reader
@@ -164,6 +165,7 @@ def test_progress_server_binds_its_address_and_closes():
     assert not [s for s in listening_sockets(os.getpid()) if s[1] == server.port], "still listening after exit"
 
 
+@pytest.mark.legacy_only
 def test_gloo_rendezvous_binds_its_address_and_stops():
     pytest.importorskip("horovod.runner.http.http_server")
     from imagenet_spark.distribute.horovod_env import host_alloc_plan, start_rendezvous

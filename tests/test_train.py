@@ -31,6 +31,7 @@ def _train_cfg(data: Path, model_dir: Path, **kw) -> TrainConfig:
 
 
 @pytest.mark.slow
+@pytest.mark.both_stacks  # the end-to-end MWMS run `make test` repeats on the non-default stack
 def test_two_workers_train_export_and_predict(spark, dataset, tmp_path):
     model_dir = tmp_path / "m"
     result = run_training(spark, _train_cfg(dataset, model_dir, epochs=6))

@@ -384,17 +384,18 @@ def process_task(task: dict[str, Any], cfg_dict: dict[str, Any], staging: str) -
 
 
 def _versions() -> dict[str, str]:
+    import importlib.metadata
+
     import PIL
-    import petastorm
 
     out = {"imagenet_spark": __version__, "python": platform.python_version(), "pyarrow": pa.__version__,
-           "petastorm": petastorm.__version__, "Pillow": PIL.__version__}
-    try:
-        import pyspark
-
-        out["pyspark"] = pyspark.__version__
-    except ImportError:
-        pass
+           "Pillow": PIL.__version__}
+    # petastorm exists on the legacy stack only (the current one writes its metadata without it).
+    for dist in ("petastorm", "pyspark"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return out
 
 

@@ -24,7 +24,8 @@ Reading the dataset with petastorm unpickles the Unischema stored in ``_common_m
 behaviour; its codecs reference ``pyspark.sql.types``, which Spark executors always have), so a dataset from
 an untrusted source can run code in the worker. ``TrainConfig.train_reader="parquet"`` reads the training
 stream with pyarrow by the Parquet schema alone (:class:`ParquetRowGroups`); planning and evaluation never
-unpickle anything.
+unpickle anything. ``"auto"`` (the default) is petastorm where it can be imported (the legacy stack) and
+the pyarrow reader elsewhere: petastorm 0.13.1 does not import with the current stack's pyarrow.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from imagenet_spark.data import fs
 from imagenet_spark.data.augment import preprocess_eval, preprocess_train
 from imagenet_spark.data.schema import PARTITION_COLUMN, DatasetError, read_row_group_rows, read_row_groups_per_file
 from imagenet_spark.data.sharding import ShardPlan, assign_synsets, plan_shards, plan_synset_shards
+from imagenet_spark.distribute.stack import resolve_train_reader
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import tensorflow as tf
@@ -341,7 +343,7 @@ class TrainInput:
     """
 
     dataset: Any  # tf.data.Dataset
-    reader: Any  # petastorm.reader.Reader, or ParquetRowGroups (cfg.train_reader="parquet")
+    reader: Any  # petastorm.reader.Reader, or ParquetRowGroups (train_reader "parquet", or "auto" without petastorm)
     plan: ShardPlan
     _finalizer: Callable[[], Any] = field(repr=False, default=lambda: None)
 
@@ -422,7 +424,7 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
         )
     batch = plan.per_worker_batch
     reader: Any
-    if cfg.train_reader == "parquet":
+    if resolve_train_reader(cfg.train_reader) == "parquet":
         reader = ParquetRowGroups(uri, my_groups, seed=_mix_seed(seed, ctx.rank, _SALT_PETASTORM))
     else:
         reader = _petastorm_reader(uri, cfg, ctx, seed, shard)

@@ -2,7 +2,8 @@
 
 Why a Unischema and not just a Parquet schema: stock ``petastorm.make_reader`` needs it (it is pickled
 into ``_common_metadata``), and keeping one definition means the Arrow schema we write, the Spark schema
-and the reader's expectations cannot drift apart. ``synset`` is the Hive partition column
+and the reader's expectations cannot drift apart. Petastorm itself is needed only to produce the pickle,
+once, on the legacy stack: the bytes ship as package data, so both stacks write identical metadata. ``synset`` is the Hive partition column
 (``split/synset=<wnid>/part-*.parquet``): like Spark's ``partitionBy``, it lives in the directory name,
 not inside the files.
 
@@ -16,15 +17,15 @@ synsets) as long as ``G`` is several times ``N``; and every worker can run the s
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import pickle
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from petastorm.codecs import ScalarCodec
-from petastorm.unischema import Unischema, UnischemaField
 
 from imagenet_spark.data import fs
 from imagenet_spark.errors import ImagenetSparkError
@@ -40,63 +41,87 @@ ROW_GROUP_ROWS_KEY = b"imagenet_spark.row_group_rows.v1"
 FORMAT_KEY = b"imagenet_spark.format_version"
 PARTITION_COLUMN = "synset"
 FORMAT_VERSION = 1
+SCHEMA_NAME = "ImagenetSparkSchema"
+# The pickled petastorm Unischema, shipped as package data (tools/make_unischema_pickle.py writes it on the
+# legacy stack; tests/test_crossing.py checks it unpickles to imagenet_unischema()).
+UNISCHEMA_RESOURCE = "unischema.pkl"
 
 
-def _spark_types() -> Any:
-    """ScalarCodec wants Spark SQL types; pyspark is imported here only on the write side.
+@dataclass(frozen=True)
+class Field:
+    """One column: its name, numpy type (what petastorm's Unischema declares), Arrow type, nullability."""
 
-    Readers never call this: they unpickle the Unischema petastorm stored, and never import imagenet_spark.
+    name: str
+    numpy_dtype: Any
+    arrow_type: pa.DataType
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    """What is on disk, without petastorm: the fields in order, and the pickled Unischema that stock
+    petastorm readers need in ``_common_metadata``.
+
+    Why not petastorm's Unischema itself: petastorm cannot be imported on the current stack (0.13.1 needs
+    pyarrow < 15), yet datasets written there must stay readable by stock ``petastorm.make_reader`` on the
+    legacy stack. The Unischema is a fixed value, so its pickle is shipped as bytes and written as is.
     """
+
+    name: str
+    fields: tuple[Field, ...]
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def unischema_pickle(self) -> bytes:
+        """The pickled petastorm Unischema for ``_common_metadata`` (package data, no petastorm needed)."""
+        return importlib.resources.files("imagenet_spark").joinpath(f"resources/{UNISCHEMA_RESOURCE}").read_bytes()
+
+
+def imagenet_schema() -> DatasetSchema:
+    """The dataset's fields, in the order petastorm's Unischema declares them (``synset`` is the Hive
+    partition column: in the directory name, not inside the files)."""
+    return DatasetSchema(SCHEMA_NAME, (
+        Field("image", np.bytes_, pa.binary()),
+        Field("label", np.int32, pa.int32()),
+        Field(PARTITION_COLUMN, np.str_, pa.string()),
+        Field("filename", np.str_, pa.string()),
+        Field("height", np.int32, pa.int32()),
+        Field("width", np.int32, pa.int32()),
+    ))
+
+
+def imagenet_unischema() -> Any:
+    """The same schema as petastorm's Unischema (legacy stack only: needs petastorm and pyspark). The source
+    of the shipped pickle (``tools/make_unischema_pickle.py``), and what tests compare it with."""
     import pyspark.sql.types as T  # noqa: N812
+    from petastorm.codecs import ScalarCodec
+    from petastorm.unischema import Unischema, UnischemaField
 
-    return T
-
-
-def imagenet_schema() -> Unischema:
-    """The dataset's Unischema. Built on call (not a module global) so that importing this module on the
-    read path does not need pyspark."""
-    T = _spark_types()  # noqa: N806
-    return Unischema(
-        "ImagenetSparkSchema",
-        [
-            UnischemaField("image", np.bytes_, (), ScalarCodec(T.BinaryType()), False),
-            UnischemaField("label", np.int32, (), ScalarCodec(T.IntegerType()), False),
-            UnischemaField(PARTITION_COLUMN, np.str_, (), ScalarCodec(T.StringType()), False),
-            UnischemaField("filename", np.str_, (), ScalarCodec(T.StringType()), False),
-            UnischemaField("height", np.int32, (), ScalarCodec(T.IntegerType()), False),
-            UnischemaField("width", np.int32, (), ScalarCodec(T.IntegerType()), False),
-        ],
-    )
+    spark_types = {pa.binary(): T.BinaryType(), pa.int32(): T.IntegerType(), pa.string(): T.StringType()}
+    schema = imagenet_schema()
+    return Unischema(schema.name, [
+        UnischemaField(f.name, f.numpy_dtype, (), ScalarCodec(spark_types[f.arrow_type]), f.nullable)
+        for f in schema.fields
+    ])
 
 
-_ARROW_TYPES = {
-    np.bytes_: pa.binary(),
-    np.str_: pa.string(),
-    np.int32: pa.int32(),
-    np.int64: pa.int64(),
-    np.float32: pa.float32(),
-    np.float64: pa.float64(),
-    np.bool_: pa.bool_(),
-}
+def arrow_file_schema(schema: DatasetSchema) -> pa.Schema:
+    """Arrow schema of each Parquet file: the fields minus the partition column."""
+    return pa.schema([pa.field(f.name, f.arrow_type, nullable=f.nullable)
+                      for f in schema.fields if f.name != PARTITION_COLUMN])
 
 
-def arrow_file_schema(schema: Unischema) -> pa.Schema:
-    """Arrow schema of each Parquet file: the Unischema's fields minus the partition column."""
-    fields = []
-    for name, field in schema.fields.items():
-        if name == PARTITION_COLUMN:
-            continue
-        fields.append(pa.field(name, _ARROW_TYPES[field.numpy_dtype], nullable=field.nullable))
-    return pa.schema(fields)
-
-
-def write_petastorm_metadata(dataset_uri: str, schema: Unischema, row_group_rows: dict[str, list[int]]) -> None:
+def write_petastorm_metadata(dataset_uri: str, schema: DatasetSchema, row_group_rows: dict[str, list[int]]) -> None:
     """Write ``_common_metadata`` as ``petastorm.etl.dataset_metadata.materialize_dataset`` does (pickled
     Unischema + row groups per file), without its second Spark job: the partition tasks already reported
     their row groups. We add the rows of every row group, so a trainer can plan equal steps per worker
-    from this one small file instead of opening every Parquet footer."""
+    from this one small file instead of opening every Parquet footer. The same bytes on both stacks."""
     metadata = {
-        UNISCHEMA_KEY: pickle.dumps(schema),
+        UNISCHEMA_KEY: schema.unischema_pickle(),
         ROW_GROUPS_PER_FILE_KEY: json.dumps({k: len(v) for k, v in sorted(row_group_rows.items())}).encode(),
         ROW_GROUP_ROWS_KEY: json.dumps(dict(sorted(row_group_rows.items()))).encode(),
         FORMAT_KEY: str(FORMAT_VERSION).encode(),
@@ -105,6 +130,11 @@ def write_petastorm_metadata(dataset_uri: str, schema: Unischema, row_group_rows
     filesystem, path = fs.resolve(fs.join(dataset_uri, "_common_metadata"))
     with filesystem.open_output_stream(path) as f:
         pq.write_metadata(arrow, f)
+
+
+def unischema_pickle_bytes() -> bytes:
+    """``pickle`` of :func:`imagenet_unischema` as shipped (protocol 4: readable by every Python >= 3.4)."""
+    return pickle.dumps(imagenet_unischema(), protocol=4)
 
 
 def _read_common_metadata(dataset_uri: str) -> dict[bytes, bytes]:

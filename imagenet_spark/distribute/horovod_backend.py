@@ -31,9 +31,10 @@ from imagenet_spark.distribute.context import WorkerContext
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "Fix: run `make setup` (it compiles Horovod against the installed TensorFlow), or by hand: "
+    "Fix: run `make setup STACK=legacy` (the stack with Horovod; it compiles Horovod against its TensorFlow), "
+    "or by hand on TensorFlow 2.15: "
     "HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 "
-    "HOROVOD_WITHOUT_MXNET=1 pip install --no-cache-dir --no-build-isolation -c requirements/lock.txt "
+    "HOROVOD_WITHOUT_MXNET=1 pip install --no-cache-dir --no-build-isolation -c requirements/legacy.lock "
     "\"horovod[spark]==0.28.1\" (GPU hosts add HOROVOD_GPU_OPERATIONS=NCCL); or train with --backend mwms.")
 
 
