@@ -262,7 +262,7 @@ def test_labels_count_mismatch_quarantines_validation_and_fails(spark, tmp_path)
     assert "11 labels for 12 validation files" in staged["rejects"][-1]["detail"]
     # with a higher threshold the same input publishes train, and every validation file is still accounted for
     manifest = run_partition(spark, _cfg(raw, dst, max_reject_fraction=0.5, resume=True))
-    assert manifest["totals"] == {"inputs": 52, "written": 40, "rejected": 12, "skipped": 0}
+    assert manifest["totals"] == {"listed": 52, "inputs": 52, "written": 40, "rejected": 12, "skipped": 0}
 
 
 def test_injected_executor_failure_is_retried_without_duplicates(spark, tmp_path):

@@ -35,9 +35,9 @@ from typing import Any, Iterator, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imagenet_spark import __version__
+from imagenet_spark import __version__, ownership
 from imagenet_spark.config import ConfigError, PartitionConfig, to_dict
-from imagenet_spark.data import fs, images, layouts
+from imagenet_spark.data import fs, images, layouts, resume
 from imagenet_spark.errors import ImagenetSparkError
 from imagenet_spark.data.tfrecord import TFRECORD_DIR
 from imagenet_spark.data.schema import PARTITION_COLUMN, arrow_file_schema, imagenet_schema, write_petastorm_metadata
@@ -49,6 +49,8 @@ TASKS = "_tasks"
 MANIFEST = "manifest.json"
 PUBLISHING = "_publishing.json"  # in staging: what a publish moves, so an interrupted one can be undone
 LABELS = "labels.txt"
+RUN = "run.json"  # in staging: the settings of the run that made it (a resume must keep them)
+DATASET_FORMAT = "imagenet-spark dataset"  # manifest.json's "format": recognises datasets made before the marker
 REJECTS = "rejects"
 _UNSAFE_CLASS_CHARS = set('/\\=%:"#\'*?{}[]^\x7f')
 
@@ -74,11 +76,16 @@ def _rejects_schema() -> pa.Schema:
 # Tasks (driver side)
 
 
-def plan_tasks(listing: layouts.Listing, images_per_task: int) -> list[dict[str, Any]]:
+def plan_tasks(listing: layouts.Listing, images_per_task: int,
+               stats: dict[str, tuple[int, int]] | None = None) -> list[dict[str, Any]]:
     """Cut the listing into deterministic tasks: one split × one synset × at most ``images_per_task`` images.
 
     Items already rejected at listing time (unknown class, unlabelled validation file) get tasks of their
     own under the pseudo-synset ``_rejected`` so their bytes still reach the rejects table.
+
+    Each task's ``key`` hashes exactly what it covers (``resume.task_key``; ``stats`` adds each input's size
+    and mtime): a changed input, or a label fixed, changes the key of the tasks it touches, and ``--resume``
+    redoes exactly those (a slice boundary that moved changes the keys of the slices it moved).
     """
     labels = listing.label_of()
     groups: dict[tuple[str, str], list[layouts.Item]] = defaultdict(list)
@@ -108,6 +115,8 @@ def plan_tasks(listing: layouts.Listing, images_per_task: int) -> list[dict[str,
             "index": 0,
             "archive": (archive.uri, archive.filename, archive.offset, archive.size),
         })
+    for task in tasks:
+        task["key"] = resume.task_key(task, stats or {})
     return tasks
 
 
@@ -400,16 +409,67 @@ def _versions() -> dict[str, str]:
 
 
 def _check_classes(listing: layouts.Listing) -> None:
+    """Refuse, all in one error, class names that cannot name a partition directory and names that differ
+    only in case.
+
+    Why refuse: a class is stored as ``synset=<name>/``; ``%`` is unescaped by Spark's and pyarrow's partition
+    discovery, ``:``, ``#`` and ``?`` break Hadoop paths and URIs, a tab or newline breaks labels.txt. On a
+    case-insensitive filesystem (macOS, Windows, some mounts) ``synset=Cat`` and ``synset=cat`` are one
+    directory, and the two classes' files of the same number overwrite each other: silent loss; such
+    folders are almost always one class split by accident. Every offending name is listed, so one rename
+    round fixes them all."""
+    unsafe = {c: sorted(set(c) & _UNSAFE_CLASS_CHARS | {ch for ch in c if ord(ch) < 32}) for c in listing.classes}
+    unsafe = {c: chars for c, chars in unsafe.items() if chars}
+    folded: dict[str, list[str]] = defaultdict(list)
     for cls in listing.classes:
-        bad = sorted(set(cls) & _UNSAFE_CLASS_CHARS)
-        if bad:
-            raise ConfigError("input", listing.root, f"class name {cls!r} contains {''.join(bad)!r}, which cannot "
-                              "name a partition directory.", "rename the folder, or list images in a CSV with "
-                              "clean labels.")
+        folded[cls.casefold()].append(cls)
+    clashes = [names for names in folded.values() if len(names) > 1]
+    problems = []
+    if unsafe:
+        problems.append(f"{len(unsafe)} class name(s) contain characters that cannot name a partition directory: "
+                        + "; ".join(f"{c!r} ({''.join(chars)!r})" for c, chars in sorted(unsafe.items())) + ".")
+    if clashes:
+        problems.append(f"{len(clashes)} group(s) of class names differ only in case (one directory on a "
+                        "case-insensitive filesystem): " + "; ".join(" and ".join(map(repr, g)) for g in clashes) + ".")
+    if problems:
+        raise ConfigError("input", listing.root, " ".join(problems),
+                          "rename those class folders (no / \\ = % : \" # ' * ? { } [ ] ^ or control characters; "
+                          "merge folders that differ only in case, or make the names differ by more than case), or "
+                          "list the images in a CSV (--layout csv) with clean labels.")
+
+
+def _made_by_partition(directory: str) -> bool:
+    """Whether an unmarked directory is this job's work from before the ownership marker existed: a finished
+    dataset (``manifest.json`` whose format is ours) or an interrupted run (``_staging/run.json``)."""
+    if fs.is_file(fs.join(directory, STAGING, RUN)):
+        return True
+    uri = fs.join(directory, MANIFEST)
+    if not fs.is_file(uri):
+        return False
+    try:
+        manifest = json.loads(fs.read_text(uri))
+    except (ValueError, OSError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == DATASET_FORMAT
+
+
+def _check_paths(cfg: PartitionConfig) -> None:
+    """Refuse, before anything is listed or written, an output that overlaps an input (the input tree, a labels
+    file) and an existing output this job did not make, ``--overwrite`` or not.
+
+    Why: publishing deletes ``train/``, ``validation/``, ``labels.txt`` and ``rejects/`` in the output and
+    moves new ones in; pointed at the user's image tree or any other folder, that destroys the user's files."""
+    if not cfg.output:
+        return
+    for setting in ("input", "labels_file", "val_labels"):
+        ownership.check_disjoint("output", cfg.output, setting, getattr(cfg, setting))
+    ownership.check_ours("output", cfg.output, "dataset", _made_by_partition)
 
 
 def _check_output(cfg: PartitionConfig) -> str:
-    """Refuse to clobber a finished dataset or silently drop an interrupted run; return the staging URI."""
+    """Under the output's lease: refuse to clobber a finished dataset or silently drop an interrupted run (and,
+    again, anything this job did not make), then claim the output with our marker; return the staging URI."""
+    ownership.check_ours("output", cfg.output, "dataset", _made_by_partition)
     staging = fs.join(cfg.output, STAGING)
     finished = fs.exists(fs.join(cfg.output, MANIFEST))
     if finished and not (cfg.overwrite or cfg.resume):
@@ -422,17 +482,26 @@ def _check_output(cfg: PartitionConfig) -> str:
         elif not cfg.resume:
             raise ConfigError("output", cfg.output, f"holds an interrupted run ({staging}).",
                               "pass --resume to continue it, or --overwrite to start over.")
-    elif not finished and fs.exists(cfg.output) and not fs.is_dir(cfg.output):
-        raise ConfigError("output", cfg.output, "exists and is not a directory.")
+    ownership.write_mark(cfg.output, "dataset")  # before staging exists: a crash from here on leaves it ours
     return staging
 
 
-_RUN_KEYS = ("input", "layout", "resize_short", "quality", "max_pixels", "images_per_task", "rows_per_row_group",
-             "labels_file", "val_labels")
+# Settings that change every task's output: a resume must keep them. The others may change on --resume:
+# max_reject_fraction, num_partitions, tfrecord; labels_file and val_labels reach the task keys (a fixed
+# labels file redoes the tasks whose labels it changed).
+_RUN_KEYS = ("input", "layout", "resize_short", "quality", "max_pixels", "images_per_task", "rows_per_row_group")
 
 
-def _check_resume(cfg: PartitionConfig, staging: str) -> None:
-    run_uri = fs.join(staging, "run.json")
+def _check_resume(cfg: PartitionConfig, staging: str, listing: layouts.Listing, tasks: list[dict[str, Any]],
+                  stats: dict[str, tuple[int, int]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Reconcile staging with this run; returns (the committed results to reuse, what changed in the input).
+
+    The settings must be those of the interrupted run (``run.json``). The input is listed anew and compared
+    with the fingerprint stored by the first run (added, removed, changed files; labels files changed). A
+    result is reused only if its task's key is unchanged; other results, and every file in staging that no
+    reused result accounts for, are deleted before any task runs, so no input is dropped and none ends up
+    both written and rejected. The new fingerprint and task plan are stored for the next resume."""
+    run_uri = fs.join(staging, RUN)
     current = {k: getattr(cfg, k) for k in _RUN_KEYS}
     if fs.exists(run_uri):
         previous = json.loads(fs.read_text(run_uri))
@@ -443,6 +512,25 @@ def _check_resume(cfg: PartitionConfig, staging: str) -> None:
                               "resume with the same settings, or pass --overwrite to start over.")
     else:
         fs.write_text_atomic(run_uri, json.dumps(current))
+    labels = {s: getattr(cfg, s) for s in ("labels_file", "val_labels") if getattr(cfg, s)}
+    now = resume.fingerprint(listing, stats, labels)
+    fingerprint_uri = fs.join(staging, resume.FINGERPRINT)
+    before = resume.read_json_z(fingerprint_uri) if cfg.resume else None
+    changes = resume.summarize_changes(resume.listing_changes(before, now)) if before is not None else {}
+    done = resume.kept_results(fs.join(staging, TASKS), fs.join(staging, resume.PLAN), tasks)
+    files: dict[str, set[str]] = defaultdict(set)
+    rejected: Counter[str] = Counter()
+    for r in done.values():
+        files[r["split"]].update(r["files"])
+        rejected.update(reject[0] for reject in r["rejects"])
+    deleted = resume.sweep(staging, layouts.SPLITS, REJECTS, files, rejected)
+    fs.write_text_atomic(fs.join(staging, resume.PLAN), json.dumps({t["id"]: t["key"] for t in tasks}))
+    resume.write_json_z(fingerprint_uri, now)
+    if cfg.resume:
+        log.info("--resume: input since the interrupted run: %s; %d of %d tasks committed with unchanged inputs "
+                 "are kept, %d stale file(s) deleted from staging", json.dumps(changes) if changes else
+                 "no fingerprint to compare", len(done), len(tasks), len(deleted))
+    return done, changes
 
 
 def dry_run_report(listing: layouts.Listing, cfg: PartitionConfig, sample: int = 16) -> dict[str, Any]:
@@ -478,12 +566,34 @@ def _labels_text(listing: layouts.Listing) -> str:
     return "".join(f"{i}\t{c}\t{listing.names.get(c, c)}\n" for i, c in enumerate(listing.classes))
 
 
+def _empty_classes(listing: layouts.Listing, per_split: dict[str, Counter[str]]) -> dict[str, list[str]]:
+    """Per split, the classes with no image written: an empty class folder, or every image rejected.
+
+    Why they stay classes (in labels.txt, label indices unchanged): removing one would shift the label of
+    every class after it, so a dataset rebuilt once images are added would silently disagree with models
+    trained before. They are listed here and logged, since a class without training images cannot be learnt."""
+    splits = {i.split for i in listing.items} | {a.split for a in listing.archives}
+    out = {}
+    for split in sorted(splits):
+        empty = [c for c in listing.classes if not per_split.get(split, Counter()).get(c)]
+        if empty:
+            out[split] = empty
+            log.warning("%s: %d class(es) have no image (kept in labels.txt so label indices do not shift; listed "
+                        "in manifest.json empty_classes): %s%s", split, len(empty), ", ".join(empty[:10]),
+                        " ..." if len(empty) > 10 else "")
+    return out
+
+
 def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list[dict[str, Any]],
-                   wall_time: float, resumed: int = 0) -> dict[str, Any]:
+                   wall_time: float, resumed: int = 0, tasks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The manifest: everything a person or a program needs to trust (or debug) the dataset.
 
     ``results`` holds every task's result, including those committed by an earlier, interrupted run
-    (``resumed`` of them); rates are computed over the work done by this run only."""
+    (``resumed`` of them); rates are computed over the work done by this run only. ``tasks``: this run's plan
+    (planned again from the listing when omitted).
+
+    Raises PartitionError (a bug, never bad input) unless every listed input name is in exactly one of
+    written, rejected and skipped (``resume.accounting_problems``): what a published dataset promises."""
     per_split: dict[str, Counter[str]] = defaultdict(Counter)
     rejects = []
     conversions: dict[str, list[str]] = defaultdict(list)
@@ -505,16 +615,24 @@ def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list
         row_groups[r["split"]].update(r["files"])
     skipped = list(listing.skipped) + [tuple(s) for r in results for s in r.get("skipped", ())]
     by_reason = Counter(r["reason"] for r in rejects)
+    plan = tasks if tasks is not None else plan_tasks(listing, cfg.images_per_task)
+    listed, problems = resume.accounting_problems(listing, plan, results)
+    if problems or written + len(rejects) + len(skipped) != listed:
+        raise PartitionError(f"inputs not accounted for: {listed} listed, {written} written + {len(rejects)} rejected "
+                             f"+ {len(skipped)} skipped. {problems} This is a bug (nothing was published); please "
+                             "report it with the job's log.")
     return {
-        "format": "imagenet-spark dataset",
+        "format": DATASET_FORMAT,
         "format_version": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": to_dict(cfg),
         "versions": _versions(),
         "layout": listing.layout,
         "num_classes": len(listing.classes),
-        "totals": {"inputs": inputs, "written": written, "rejected": len(rejects), "skipped": len(skipped)},
+        "totals": {"listed": listed, "inputs": inputs, "written": written, "rejected": len(rejects),
+                   "skipped": len(skipped)},
         "counts": {s: dict(sorted(c.items())) for s, c in sorted(per_split.items())},
+        "empty_classes": _empty_classes(listing, per_split),
         "split_sizes": {s: sum(c.values()) for s, c in sorted(per_split.items())},
         "row_groups": {s: sum(len(g) for g in v.values()) for s, v in sorted(row_groups.items())},
         "rows_per_row_group": cfg.rows_per_row_group,
@@ -549,11 +667,12 @@ def _publish(cfg: PartitionConfig, staging: str, manifest: dict[str, Any], listi
             if not fs.exists(fs.join(staging, name)) and fs.exists(fs.join(cfg.output, name)):
                 log.info("--resume: the interrupted publish had moved %s; moving it back to staging", name)
                 fs.move(fs.join(cfg.output, name), fs.join(staging, name))
-    for name in (*layouts.SPLITS, REJECTS):  # partial files of failed task attempts
-        if fs.exists(fs.join(staging, name)):
-            for entry in fs.list_files(fs.join(staging, name)):
-                if entry.relpath.endswith(".tmp"):
-                    fs.delete(entry.uri)
+    # Only what the manifest accounts for is published: partial files of failed task attempts, and anything a
+    # task left without committing its result, are removed (written-and-rejected twice is impossible after this).
+    files = {split: set(rows) for split, rows in manifest["_row_group_rows"].items()}
+    rejected = Counter(r["filename"] for r in manifest["rejects"])
+    for path in resume.sweep(staging, layouts.SPLITS, REJECTS, files, rejected):
+        log.info("publish: removed %s from staging (no committed task accounts for it)", path)
     for split, files in manifest["_row_group_rows"].items():
         if not files:  # every input of this split was rejected (the threshold allowed it)
             continue
@@ -575,13 +694,17 @@ def _publish(cfg: PartitionConfig, staging: str, manifest: dict[str, Any], listi
 
 
 def run_partition(spark: Any, cfg: PartitionConfig) -> dict[str, Any]:
-    """Run the whole job with the given SparkSession; returns the manifest (or the dry-run report)."""
-    from imagenet_spark.spark.jobs import run_tasks  # the only Spark-facing piece
+    """Run the whole job with the given SparkSession; returns the manifest (or the dry-run report).
 
-    from imagenet_spark.spark.preflight import ReadCheck, WriteCheck, check_executor_access, with_absolute_paths
+    The paths are checked before anything is listed: an output overlapping an input, or an existing directory
+    this job did not make, is refused untouched. The output's lease is taken after listing and held to the
+    end, so a second job on the same output is refused with the name of this one. ``--dry-run`` takes no
+    lease and writes nothing."""
+    from imagenet_spark.spark.preflight import with_absolute_paths
 
     started = time.monotonic()
     cfg = with_absolute_paths(cfg, "input", "output", "labels_file", "val_labels")
+    _check_paths(cfg)
     listing = layouts.discover(cfg.input, layout=cfg.layout, val_labels=cfg.val_labels, labels_file=cfg.labels_file)
     _check_classes(listing)
     log.info("listed %d inputs (+%d archives) in %d classes, layout %s, %.1f s", len(listing.items),
@@ -590,31 +713,38 @@ def run_partition(spark: Any, cfg: PartitionConfig) -> dict[str, Any]:
         report = dry_run_report(listing, cfg)
         log.info("dry run: %s", json.dumps({k: v for k, v in report.items() if k != "archives"}))
         return report
+    with ownership.Lease("output", cfg.output, f"imagenet-spark partition {cfg.input} -> {cfg.output}"):
+        return _run_leased(spark, cfg, listing, started)
+
+
+def _run_leased(spark: Any, cfg: PartitionConfig, listing: layouts.Listing, started: float) -> dict[str, Any]:
+    """The job while it holds the output's lease: claim the output, stage, run the tasks not yet committed
+    with unchanged inputs, account for every input, publish."""
+    from imagenet_spark.spark.jobs import run_tasks  # the only Spark-facing piece
+    from imagenet_spark.spark.preflight import ReadCheck, WriteCheck, check_executor_access
+
     if cfg.resume and fs.exists(fs.join(cfg.output, MANIFEST)) and not fs.exists(fs.join(cfg.output, STAGING)):
         log.info("--resume: %s is already a finished dataset; nothing to do", cfg.output)
         return json.loads(fs.read_text(fs.join(cfg.output, MANIFEST)))
     staging = _check_output(cfg)
-    sample = next((i.uri for i in listing.items if not i.reject), listing.archives[0].uri if listing.archives else None)
+    sample = next((i.uri for i in listing.items if i.uri and not i.reject),
+                  listing.archives[0].uri if listing.archives else None)
     # Executors read the inputs and write the output: check they can, and that it is the driver's storage.
     check_executor_access(spark, read=[ReadCheck("input", cfg.input, sample)] if sample else [],
                           write=[WriteCheck("output", cfg.output)],
                           tasks=max(2, spark.sparkContext.defaultParallelism))
     fs.make_dirs(staging)
-    _check_resume(cfg, staging)
-    tasks = plan_tasks(listing, cfg.images_per_task)
-    done: dict[str, dict[str, Any]] = {}
-    if cfg.resume and fs.exists(fs.join(staging, TASKS)):
-        for entry in fs.list_files(fs.join(staging, TASKS)):
-            if entry.relpath.endswith(".json"):
-                r = json.loads(fs.read_text(entry.uri))
-                done[r["id"]] = r
-        log.info("--resume: %d of %d tasks already committed; skipping them", len(done), len(tasks))
+    stats = resume.input_stats(listing)
+    tasks = plan_tasks(listing, cfg.images_per_task, stats)
+    done, changes = _check_resume(cfg, staging, listing, tasks, stats)
     todo = [t for t in tasks if t["id"] not in done]
     cfg_dict = to_dict(cfg)
     results = list(done.values()) + run_tasks(
         spark, todo, lambda task: process_task(task, cfg_dict, staging),
         description=f"imagenet-spark partition {cfg.input} -> {cfg.output}", num_partitions=cfg.num_partitions)
-    manifest = build_manifest(cfg, listing, results, time.monotonic() - started, resumed=len(done))
+    manifest = build_manifest(cfg, listing, results, time.monotonic() - started, resumed=len(done), tasks=tasks)
+    if cfg.resume:
+        manifest["input_changes"] = changes
     totals = manifest["totals"]
     fraction = totals["rejected"] / totals["inputs"] if totals["inputs"] else 1.0
     if totals["written"] == 0 or fraction > cfg.max_reject_fraction:
@@ -623,7 +753,8 @@ def run_partition(spark: Any, cfg: PartitionConfig) -> dict[str, Any]:
             f"{totals['rejected']} of {totals['inputs']} inputs rejected ({fraction:.1%}), more than "
             f"max_reject_fraction={cfg.max_reject_fraction}; nothing was published. Reasons: "
             f"{manifest['rejects_by_reason']}. See {fs.join(staging, MANIFEST)} and {fs.join(staging, REJECTS)}/. "
-            "Fix the inputs, or raise max_reject_fraction (--set max_reject_fraction=...) and rerun with --resume."
+            "Fix the inputs, or raise max_reject_fraction (--set max_reject_fraction=...) and rerun with --resume "
+            "(only the tasks whose inputs or labels changed are redone)."
         )
     if cfg.tfrecord:
         from imagenet_spark.data.tfrecord import write_tfrecords  # imports TF on executors only
