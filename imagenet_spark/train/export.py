@@ -5,7 +5,8 @@ Serving, a notebook, a Spark job years later) then sends raw image bytes of any 
 reproduce the eval transform (resize short side, centre crop, mean/std) by hand; a mismatch there is the
 classic silent accuracy loss. The contract (see DESIGN.md) is the ``serving_default`` signature::
 
-    inputs   image_bytes  tf.string [None]      encoded JPEG, PNG, GIF or BMP
+    inputs   image_bytes  tf.string [None]      encoded JPEG, PNG, GIF or BMP (what TensorFlow decodes;
+                                                predict converts other formats first)
              key          tf.string [None]      any id, passed through
     outputs  classes        int64   [None]      argmax of probabilities
              probabilities  float32 [None, C]   softmax, computed in float32 even for mixed-precision models
@@ -36,9 +37,10 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Sequence
 
-from imagenet_spark.data import fs
+from imagenet_spark.data import fs, images
 from imagenet_spark.data.synsets import human_name
 from imagenet_spark.errors import ImagenetSparkError
 
@@ -51,9 +53,13 @@ SAVED_MODEL = "saved_model"
 LABELS = "labels.txt"
 MODEL_INFO = "model_info.json"
 SIGNATURE = "serving_default"
-#: File name endings treated as images when a folder is the source (compared lower-case). What
-#: ``tf.io.decode_image`` reads; anything else in a folder (READMEs, manifests) is skipped.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+#: File name endings treated as images when a folder is the source (compared lower-case): what
+#: ``tf.io.decode_image`` reads, then the raster formats Pillow reads (converted before the signature, see
+#: ``images.for_serving``); anything else in a folder (READMEs, manifests, model files) is skipped. A file
+#: named explicitly is tried whatever its name.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".jfif",
+                                     ".jpe", ".avif", ".jp2", ".j2k", ".ppm", ".pgm", ".pbm", ".pnm", ".tga",
+                                     ".ico", ".qoi", ".apng", ".dib", ".pcx")
 
 
 class ExportError(ImagenetSparkError, RuntimeError):
@@ -338,6 +344,7 @@ class _Input(NamedTuple):
     data: bytes | None
     error: str | None = None
     extra: Any = None
+    converted: tuple[str, ...] = ()
 
 
 def _check_predict_options(top_k: int, batch_size: int) -> None:
@@ -416,14 +423,45 @@ class _Predictor:
             ranked = sorted(range(len(row)), key=lambda c: (-float(row[c]), c))[: self._top_k]
             top = [{"index": c, "synset": self._labels[c][0], "name": self._labels[c][1],
                     "probability": float(row[c])} for c in ranked]
-            yield item, {"key": item.key, "class": ranked[0], "top": top}
+            result = {"key": item.key, "class": ranked[0], "top": top}
+            if item.converted:
+                result["converted"] = list(item.converted)
+            yield item, result
 
 
 def _read_input(uri: str, key: str, extra: Any = None) -> _Input:
     try:
-        return _Input(key, fs.read_bytes(uri), None, extra)
+        data = fs.read_bytes(uri)
     except OSError as exc:
         return _Input(key, None, f"cannot read: {exc}", extra)
+    return _for_signature(_Input(key, data, None, extra))
+
+
+def _for_signature(item: _Input) -> _Input:
+    """``item`` with bytes the signature decodes to the pixels the partition job would have produced.
+
+    Why: the partition job (and so training) decodes any format Pillow reads, applies colour profiles and
+    composites alpha over white, while the signature decodes in TensorFlow (JPEG, PNG, GIF, BMP; no
+    profiles; alpha dropped). Images that differ are converted here with the partition job's own rules
+    (``images.for_serving``) into lossless PNG, and ``converted`` says what was done; the rest go as they are.
+    """
+    result = images.for_serving(item.data or b"", filename=item.key, max_pixels=images.DEFAULT_MAX_PIXELS)
+    if result is None:
+        return item
+    if isinstance(result, images.Rejected):
+        return item._replace(data=None, error=f"{result.reason}: {result.detail}")
+    log.debug("%s: converted for the signature (%s)", item.key, ", ".join(result.conversions))
+    return item._replace(data=result.data, converted=result.conversions + ("png",))
+
+
+def _log_conversions(results: Iterable[dict], where: str) -> None:
+    """One line saying how many images were converted before the signature, and how, by kind."""
+    kinds = Counter(kind for r in results for kind in r.get("converted", ()) if kind != "png")
+    converted = sum(1 for r in results if r.get("converted"))
+    if converted:
+        log.info("%s: %d image(s) converted to PNG before the SavedModel, which decodes only JPEG/PNG/GIF/BMP "
+                 "without colour profiles or alpha (the partition job's rules): %s", where, converted,
+                 ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
 
 
 def predict_files(model_dir: str, paths: Sequence[str], *, top_k: int = 5, batch_size: int = 32) -> list[dict]:
@@ -446,6 +484,7 @@ def predict_files(model_dir: str, paths: Sequence[str], *, top_k: int = 5, batch
     started = time.monotonic()
     predictor = _Predictor(saved_model, labels, top_k=top_k, batch_size=batch_size)
     results = [result for _, result in predictor.predict(_read_input(p, p) for p in paths)]
+    _log_conversions(results, "predict")
     log.info("classified %d images with %s in %.1f s", len(results), saved_model, time.monotonic() - started)
     return results
 
@@ -457,6 +496,8 @@ def format_predictions(results: Iterable[dict]) -> str:
         lines.append(str(result["key"]))
         if result.get("error"):
             lines.append(f"  error: {result['error']}")
+        if result.get("converted"):
+            lines.append(f"  converted: {' -> '.join(result['converted'])}")
         for entry in result["top"]:
             lines.append(f"  {entry['probability']:.3f}  {entry['synset']}  {entry['name']}")
     return "\n".join(lines)
@@ -547,7 +588,10 @@ def _predict_partition(rows: Iterable[Any], *, saved_model: str, labels: Sequenc
                 uri, relpath = row
                 yield _read_input(uri, uri, (relpath,))
 
+    converted: list[dict] = []
     for item, result in predictor.predict(inputs()):
+        if result.get("converted"):
+            converted.append(result)
         top = result["top"]
         head = top[0] if top else {"synset": None, "name": None, "probability": None}
         values: tuple = (item.key, item.extra[0], result["class"], head["synset"], head["name"], head["probability"],
@@ -555,6 +599,7 @@ def _predict_partition(rows: Iterable[Any], *, saved_model: str, labels: Sequenc
         if dataset:
             values += (item.extra[1], item.extra[2])
         yield values + (result.get("error"),)
+    _log_conversions(converted, f"predict partition of {saved_model}")  # in the executor's log
 
 
 def _dataset_split(source: str, split: str) -> tuple[str, str | None] | None:
