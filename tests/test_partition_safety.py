@@ -173,7 +173,8 @@ def test_second_job_refused_then_killed_drivers_lease_taken_over(spark, tmp_path
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait_for("A holds the lease", lambda: (dst / ownership.LEASE).exists(), proc)
-        with pytest.raises(ownership.LeaseHeldError, match=rf"in use by imagenet-spark partition .* \(pid {proc.pid}\)"):
+        holder = rf"in use by imagenet-spark partition .* \(pid {proc.pid}\)"
+        with pytest.raises(ownership.LeaseHeldError, match=holder):
             run_partition(spark, _cfg(src, dst, images_per_task=4, rows_per_row_group=2))
         tasks_dir = dst / "_staging" / "_tasks"
         _wait_for("A commits a task", lambda: tasks_dir.exists() and any(tasks_dir.glob("*.json")), proc)
