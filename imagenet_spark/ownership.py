@@ -230,6 +230,13 @@ class Lease:
                 os.link(tmp, uri)
             except FileExistsError:
                 return False
+            except OSError:  # no hard links on this mount (FUSE mounts such as /dbfs): exclusive create instead
+                try:
+                    fd = os.open(uri, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "w") as f:
+                    f.write(payload)
             finally:
                 os.unlink(tmp)
             return True
@@ -257,6 +264,11 @@ class Lease:
                                      f"wait for that job to finish, or stop it; if it is gone, delete "
                                      f"{self.uri} (a crashed job's lease is taken over automatically after "
                                      f"{self.stale_after_s:.0f} s without heartbeat).")
+            # Delete only the lease judged stale: another job taking over at the same moment may already have
+            # replaced it with its own, live one.
+            again = _read_lease(self.uri)
+            if (again.token if again else None) != (held.token if held else None):
+                continue
             log.warning("%s: taking over the lease of %s (%s)", self.directory,
                         held.describe() if held else "an unknown job", why)
             fs.delete(self.uri)
