@@ -348,6 +348,10 @@ class TrainConfig:
     eval_every_epochs: int = 1
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 3
+    # A NaN/inf loss or gradient norm stops the run (DivergedError, not retried, nothing exported). Checked where
+    # the loop reads the running loss, at most this many steps apart (0: at the loop's own cadence, up to 50
+    # steps). Each check is one host sync; measured here it costs nothing visible on resnet18 at 64 px.
+    divergence_check_steps: int = 10
     max_retries: int = 2
     # Fault injection: fail once, on the first attempt, when the global step reaches this (rank fail_rank).
     fail_at_step: typing.Optional[int] = None
@@ -437,6 +441,9 @@ class TrainConfig:
                               f"must be a rank below workers={self.workers}.", "pass 0 or none.")
         if self.checkpoint_every_steps < 0:
             raise ConfigError("checkpoint_every_steps", self.checkpoint_every_steps, "must be 0 (epochs only) or more.")
+        if self.divergence_check_steps < 0:
+            raise ConfigError("divergence_check_steps", self.divergence_check_steps,
+                              "must be 0 (at the loop's cadence, up to 50 steps) or more.", "pass 10.")
 
     @property
     def per_worker_batch(self) -> int:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -187,6 +188,8 @@ def test_divergence_mid_run_stops_with_step_and_rate_and_exports_nothing(spark, 
     exc = info.value
     steps_per_epoch = 240 // 16
     assert steps_per_epoch < exc.step <= 2 * steps_per_epoch, exc.step
+    first, last = map(int, re.search(r"first bad step between (\d+) and (\d+)", str(exc)).groups())
+    assert last == exc.step and last - first < cfg.divergence_check_steps == 10, "checked at most 10 steps apart"
     assert exc.learning_rate == pytest.approx(cfg.learning_rate * 1e9)
     text = str(exc)
     assert f"global step {exc.step}" in text and "learning rate" in text and "Fix: lower base_lr" in text

@@ -149,9 +149,9 @@ def _check_finite_training(cfg: TrainConfig, backend: Any, sums: dict[str, Any],
                            global_step: int, steps: int, epoch: int, lr: float) -> None:
     """Raise DivergedError when a step of the last ``steps`` had a non-finite loss or gradient norm.
 
-    Costs nothing extra per step: it runs where the loop already reads the running loss (every
-    ``_steps_per_loop`` steps, at most 50, and after the very first step), from sums that are reduced across
-    workers, so every rank decides alike."""
+    No extra host sync per step: it runs where the loop already reads the running loss (after the first
+    step, then at most ``divergence_check_steps`` apart, else every ``_steps_per_loop`` steps), from sums that
+    are reduced across workers, so every rank decides alike."""
     bad_steps = backend.sum_across_workers(float(sums["nonfinite"].result()))
     if math.isfinite(running_loss) and not bad_steps:
         return
@@ -302,6 +302,8 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
             n = 1 if first else min(steps_per_loop, epoch_steps - step)  # report the first step at once
             if cfg.checkpoint_every_steps:
                 n = min(n, cfg.checkpoint_every_steps - global_step % cfg.checkpoint_every_steps)
+            if cfg.divergence_check_steps:  # the non-finite check runs after every call: bound the gap
+                n = min(n, cfg.divergence_check_steps - global_step % cfg.divergence_check_steps)
             if cfg.fail_at_step is not None and ctx.attempt == 0 and global_step < cfg.fail_at_step:
                 n = min(n, cfg.fail_at_step - global_step)
             train_steps(iterator, tf.constant(n))

@@ -27,7 +27,7 @@ _RESUMABLE = {"epochs", "max_retries", "fail_at_step", "fail_rank", "inject_port
               "progress_every_s", "slots_wait_s",
               "barrier_timeout_s", "overwrite", "checkpoint_every_steps", "keep_checkpoints", "reader_workers",
               "decode_threads", "eval_every_epochs", "network_interface", "bind_tf_to_host", "track", "tracking_uri",
-              "experiment", "stop_at_epoch"}
+              "experiment", "stop_at_epoch", "divergence_check_steps"}
 
 
 def make_run_plan(cfg: TrainConfig) -> RunPlan:
