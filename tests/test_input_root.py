@@ -131,6 +131,7 @@ def test_walk_follows_links_once_and_refuses_the_rest(tmp_path, outside):
         ("cat/a.jpg", str(root / "cat" / "a.jpg")), ("cat/again.jpg", str(root / "cat" / "a.jpg"))]
     assert sorted(r for r, _ in walk.outside) == ["cat/evil.jpg", "cat/hop.jpg", "outdir"]
     assert sorted(r for r, _ in walk.broken) == ["cat/gone.jpg", "cat/selfloop.jpg"]
+    assert walk.dirs == ["cat"]  # not alias/ (a second name) nor outdir (out of the root)
     assert dict(walk.skipped) == {
         "alias/": "symlink to a directory already listed as cat/",
         "cat/up/": "symlink to a directory already listed as ./",

@@ -140,9 +140,12 @@ class Walk:
     ``files`` are regular files inside the input root (local: ``uri`` is the real path, symlinks resolved);
     ``outside`` are symlinks resolving outside the root and ``broken`` symlinks to nothing, (relpath, detail),
     never opened; ``skipped`` (relpath, why) are names that are no input: non-regular files (a FIFO would block
-    a reader), names that are not UTF-8, and symlinked directories already listed (loops, second links)."""
+    a reader), names that are not UTF-8, and symlinked directories already listed (loops, second links).
+    ``dirs``: the directories walked (relpath, no trailing slash; local only), each under its one listed path:
+    what may name a class (a symlinked alias of a class folder, or a link out of the root, is not in it)."""
 
     files: list[FileEntry] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
     outside: list[tuple[str, str]] = field(default_factory=list)
     broken: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -220,6 +223,8 @@ def _walk_local(start: str, within: InputRoot, recursive: bool) -> Walk:
             out.skipped.append((rel, f"symlink to a directory already listed as {visited[key] or '.'}/"))
             continue
         visited[key] = rel.rstrip("/")
+        if rel:
+            out.dirs.append(rel.rstrip("/"))
         try:
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
