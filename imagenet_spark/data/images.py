@@ -32,8 +32,6 @@ UNKNOWN_CLASS = "unknown_class"
 LABELS_MISMATCH = "labels_count_mismatch"
 # Named by the input (a CSV row, a symlink, a labels file) but resolving outside --input: never read.
 OUTSIDE_INPUT_ROOT = "outside_input_root"
-# Named by the input (a CSV row, a symlink, a labels file) but resolving outside --input: never read.
-OUTSIDE_INPUT_ROOT = "outside_input_root"
 
 # Conversions recorded in the manifest.
 CMYK = "cmyk"

@@ -321,7 +321,8 @@ def list_ilsvrc(root: str, val_labels: str | None = None, labels_file: str | Non
         prefix = posixpath.basename(val_dir)
         items += _flat_validation(val_dir, labels, labels_uri or "synset_labels.txt", skipped, prefix, within,
                                   accounted)
-    return _finish("ilsvrc", root, items, [], skipped, None, labels_file, wnid_only=True, within=within)
+    return _finish("ilsvrc", root, items, [], skipped, None, labels_file, wnid_only=True, within=within,
+                   class_dirs=_class_folders(fs.join(root, "train")))
 
 
 def _tar_members(uri: str, label: str, skipped: list[tuple[str, str]]) -> list[tarfile.TarInfo]:
@@ -485,7 +486,8 @@ def list_folders(root: str, val_labels: str | None = None, labels_file: str | No
             items += _class_tree(val_dir, VALIDATION, skipped, posixpath.basename(val_dir), within)
     else:
         items += _class_tree(root, TRAIN, skipped, "", within)
-    return _finish("folders", root, items, [], skipped, None, labels_file, wnid_only=False, within=within)
+    return _finish("folders", root, items, [], skipped, None, labels_file, wnid_only=False, within=within,
+                   class_dirs=_class_folders(train if fs.is_dir(train) or val_dir else root))
 
 
 _CSV_HEADERS = (["path", "label"], ["filename", "label"], ["file", "label"], ["image", "label"])
