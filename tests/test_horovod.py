@@ -127,6 +127,7 @@ def test_bad_layouts_fail_with_the_setting(kw, match):
         horovod_env(**args)
 
 
+@pytest.mark.legacy_only  # psutil comes with horovod[spark]
 def test_choose_iface():
     assert choose_iface("127.0.0.1") == "lo"
     assert choose_iface("localhost") == "lo"
@@ -240,6 +241,7 @@ try:
 except BackendError as exc:
     print('MISSING:', exc)
 fake = types.ModuleType('horovod.tensorflow'); fake.gloo_built = lambda: False
+sys.modules.setdefault('horovod', types.ModuleType('horovod'))  # the current stack has no horovod package
 sys.modules['horovod.tensorflow'] = fake
 try:
     make_backend('horovod', WorkerContext())

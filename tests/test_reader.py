@@ -222,6 +222,7 @@ def test_synset_plans_round_robin_sorted_synsets():
         reader.synset_of("part-00000.parquet")
 
 
+@pytest.mark.legacy_only  # petastorm's thread pool (train_reader=auto is the pyarrow reader elsewhere)
 def test_close_wakes_a_consumer_blocked_inside_the_reader(dataset):
     """petastorm 0.13.1: once stopped, a consumer already waiting in get_results polls forever; the TF prefetch
     thread would be that consumer and its iterator would hang on destruction. close() must end it."""
