@@ -281,6 +281,34 @@ def test_classes_differing_only_in_case_are_refused(spark, tmp_path):
     assert "merge folders that differ only in case" in text
 
 
+def test_class_names_too_long_for_file_names_are_refused_up_front(spark, tmp_path):
+    """A 240-byte class name used to fail the whole job inside Spark with ENAMETOOLONG on a task file."""
+    root = tmp_path / "in"
+    for name in ("c" * 240, "é" * 101, "d" * 200, "ok"):  # 240 and 202 bytes refused; 200 bytes is the limit
+        _write_class(root / name, (200, 50, 50), 1)
+    with pytest.raises(ConfigError) as info:
+        _partition(spark, root, tmp_path / "out")
+    text = str(info.value)
+    assert "2 class name(s) longer than 200 bytes" in text and "(240 bytes)" in text and "(202 bytes)" in text
+    assert "'dddd" not in text and "at most 200 bytes" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_symlinked_folders_name_no_class(spark, tmp_path):
+    """An alias of a class folder, and a link to a folder outside the input, are not classes of their own."""
+    root = tmp_path / "in"
+    _write_class(root / "apple", (200, 50, 50), 2)
+    _write_class(root / "date", (50, 50, 200), 2)
+    (root / "alias").symlink_to(root / "apple")
+    _write_class(tmp_path / "elsewhere" / "secret", (9, 9, 9), 1)
+    (root / "zz-out").symlink_to(tmp_path / "elsewhere" / "secret")
+    manifest = _partition(spark, root, tmp_path / "out", max_reject_fraction=0.5)
+    labels = [line.split("\t")[1] for line in (tmp_path / "out" / "labels.txt").read_text().splitlines()]
+    assert labels == ["apple", "date"]
+    assert manifest["counts"]["train"] == {"apple": 2, "date": 2} and "empty_classes" not in manifest or \
+        not manifest["empty_classes"]
+
+
 def test_empty_class_folder_and_all_rejected_class_stay_classes(spark, tmp_path, caplog):
     root = tmp_path / "in"
     _write_class(root / "apple", (200, 50, 50), 4)

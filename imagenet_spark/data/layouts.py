@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import posixpath
 import tarfile
 from collections import Counter, defaultdict
@@ -267,7 +268,11 @@ def _class_folders(root: str) -> list[str]:
     so label indices do not shift when images are added later (the manifest lists it in empty_classes)."""
     if not fs.is_dir(root):
         return []
-    return [e.relpath for e in fs.list_dir(root) if e.size < 0 and not _hidden(e.relpath)]
+    local = "://" not in fs.normalize(root)
+    # A symlinked folder names no class: its files are listed under their real folder (an alias of a class
+    # folder), or not at all (a link out of the input root).
+    return [e.relpath for e in fs.list_dir(root)
+            if e.size < 0 and not _hidden(e.relpath) and not (local and os.path.islink(e.uri))]
 
 
 def _finish(layout: str, root: str, items: list[Item], archives: list[Archive], skipped: list[tuple[str, str]],

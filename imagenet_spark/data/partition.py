@@ -52,6 +52,9 @@ LABELS = "labels.txt"
 RUN = "run.json"  # in staging: the settings of the run that made it (a resume must keep them)
 DATASET_FORMAT = "imagenet-spark dataset"  # manifest.json's "format": recognises datasets made before the marker
 REJECTS = "rejects"
+# The longest file name the job derives from a class name is the task result
+# ``_staging/_tasks/validation__<class>__NNNNN.json.tmp`` (the class plus 28 bytes); file names end at 255 bytes.
+MAX_CLASS_NAME_BYTES = 200
 _UNSAFE_CLASS_CHARS = set('/\\=%:"#\'*?{}[]^\x7f')
 
 
@@ -424,7 +427,12 @@ def _check_classes(listing: layouts.Listing) -> None:
     for cls in listing.classes:
         folded[cls.casefold()].append(cls)
     clashes = [names for names in folded.values() if len(names) > 1]
+    too_long = sorted(c for c in listing.classes if len(c.encode("utf-8")) > MAX_CLASS_NAME_BYTES)
     problems = []
+    if too_long:
+        problems.append(f"{len(too_long)} class name(s) longer than {MAX_CLASS_NAME_BYTES} bytes (a file name "
+                        "in the dataset holds the class name and more, within the 255-byte limit of file names): "
+                        + "; ".join(f"{c[:40]!r}... ({len(c.encode('utf-8'))} bytes)" for c in too_long) + ".")
     if unsafe:
         problems.append(f"{len(unsafe)} class name(s) contain characters that cannot name a partition directory: "
                         + "; ".join(f"{c!r} ({''.join(chars)!r})" for c, chars in sorted(unsafe.items())) + ".")
@@ -434,7 +442,8 @@ def _check_classes(listing: layouts.Listing) -> None:
     if problems:
         raise ConfigError("input", listing.root, " ".join(problems),
                           "rename those class folders (no / \\ = % : \" # ' * ? { } [ ] ^ or control characters; "
-                          "merge folders that differ only in case, or make the names differ by more than case), or "
+                          "merge folders that differ only in case, or make the names differ by more than case; "
+                          f"at most {MAX_CLASS_NAME_BYTES} bytes), or "
                           "list the images in a CSV (--layout csv) with clean labels.")
 
 
@@ -741,7 +750,8 @@ def _run_leased(spark: Any, cfg: PartitionConfig, listing: layouts.Listing, star
     cfg_dict = to_dict(cfg)
     results = list(done.values()) + run_tasks(
         spark, todo, lambda task: process_task(task, cfg_dict, staging),
-        description=f"imagenet-spark partition {cfg.input} -> {cfg.output}", num_partitions=cfg.num_partitions)
+        description=f"imagenet-spark partition {cfg.input} -> {cfg.output}", num_partitions=cfg.num_partitions,
+        writes_to=staging)
     manifest = build_manifest(cfg, listing, results, time.monotonic() - started, resumed=len(done), tasks=tasks)
     if cfg.resume:
         manifest["input_changes"] = changes
