@@ -76,7 +76,7 @@ def check_disjoint(out_setting: str, out_uri: str, in_setting: str, in_uri: str 
         return
     raise ConfigError(out_setting, out_uri, f"{relation} {in_setting}={in_uri!r} ({out_c} vs {in_c}); the job "
                       f"would write into, or delete, its own input.",
-                      f"choose a {out_setting} outside {in_setting} (a sibling directory, for example).")
+                      f"give {out_setting} a path outside {in_setting} (a sibling directory, for example).")
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def test_model_dir_overlapping_the_data_is_refused_and_the_data_untouched(spark,
         for overwrite in (False, True):
             with pytest.raises(ConfigError, match=relation) as info:
                 run_training(spark, _cfg(dataset, model_dir, overwrite=overwrite))
-            assert info.value.setting == "model_dir" and "Fix: choose a model_dir outside data" in str(info.value)
+            assert info.value.setting == "model_dir" and "Fix: give model_dir a path outside data" in str(info.value)
     search = resolve(TuneConfig, explicit=dict(data=str(dataset), model_dir=str(dataset), overwrite=True,
                                                space={"base_lr": {"type": "loguniform", "low": 0.01, "high": 1}}))
     with pytest.raises(ConfigError, match="is the same directory as"):
