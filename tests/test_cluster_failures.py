@@ -244,7 +244,7 @@ def test_driver_killed_mid_partition_refuses_then_resumes(cluster, raw, tmp_path
     assert rc != 0 and "holds an interrupted run" in out and "pass --resume to continue it" in out, out[-3000:]
     rc, out, resume_s = _run([*cmd, "--resume"], cwd=tmp_path)
     assert rc == 0, out[-5000:]
-    skipped = re.search(r"--resume: (\d+) of (\d+) tasks already committed", out)
+    skipped = re.search(r"--resume: .*?(\d+) of (\d+) tasks committed with unchanged inputs", out)
     assert skipped and int(skipped.group(1)) >= killed_at_tasks, out[-3000:]
     manifest = _check_dataset(output)
     assert manifest["resumed_tasks"] == int(skipped.group(1))
