@@ -371,7 +371,9 @@ def test_spark_submit_job_entry_point(tmp_path, ilsvrc):
            str(tmp_path / "ds"), "--set", "max_reject_fraction=0.2", "--set", "resize_short=40"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    from imagenet_spark.jsonio import loads_strict
+
+    manifest = loads_strict((tmp_path / "ds" / "manifest.json").read_text())  # strict JSON, as jq or Spark read it
     assert manifest["counts"] == summary.counts
     assert manifest["config"]["resize_short"] == 40 and manifest["config"]["rows_per_row_group"] == 8
     # a bad setting: one line naming the setting, the value and the fix; exit code 2

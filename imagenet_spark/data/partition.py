@@ -35,7 +35,7 @@ from typing import Any, Iterator, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imagenet_spark import __version__, ownership
+from imagenet_spark import __version__, jsonio, ownership
 from imagenet_spark.config import ConfigError, PartitionConfig, to_dict
 from imagenet_spark.data import fs, images, layouts, resume
 from imagenet_spark.errors import ImagenetSparkError
@@ -698,7 +698,7 @@ def _publish(cfg: PartitionConfig, staging: str, manifest: dict[str, Any], listi
         if cfg.inject_failure == "publish":
             raise InjectedFailure(f"inject_failure='publish': the driver stops after moving {name} (as if killed)")
     public = {k: v for k, v in manifest.items() if not k.startswith("_")}
-    fs.write_text_atomic(fs.join(cfg.output, MANIFEST), json.dumps(public, indent=1))
+    fs.write_text_atomic(fs.join(cfg.output, MANIFEST), jsonio.dumps(public, indent=1))
     fs.delete(staging)
 
 
@@ -758,7 +758,7 @@ def _run_leased(spark: Any, cfg: PartitionConfig, listing: layouts.Listing, star
     totals = manifest["totals"]
     fraction = totals["rejected"] / totals["inputs"] if totals["inputs"] else 1.0
     if totals["written"] == 0 or fraction > cfg.max_reject_fraction:
-        fs.write_text_atomic(fs.join(staging, MANIFEST), json.dumps(manifest, indent=1))
+        fs.write_text_atomic(fs.join(staging, MANIFEST), jsonio.dumps(manifest, indent=1))
         raise PartitionError(
             f"{totals['rejected']} of {totals['inputs']} inputs rejected ({fraction:.1%}), more than "
             f"max_reject_fraction={cfg.max_reject_fraction}; nothing was published. Reasons: "
