@@ -99,6 +99,8 @@ def _open_for_writing() -> list[str]:
     except OSError:
         return []
     for fd in fds:
+        if fd in ("0", "1", "2"):  # the process's own stdout/stderr (a log file when output is redirected)
+            continue
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
             with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
@@ -136,7 +138,10 @@ def describe_disk_full(exc: BaseException, *, writes_to: str | None = None, task
         path = (getattr(current, "filename", None) or "") if isinstance(current, OSError) else ""
         current = current.__cause__ or current.__context__
     if not path:
-        candidates = [(_free_space(p)[0] or 0, p) for p in _open_for_writing()]
+        # Only files under the folder the task writes to: the worker also holds log files open for writing.
+        root = os.path.realpath(writes_to) if writes_to and "://" not in writes_to else ""
+        candidates = [(_free_space(p)[0] or 0, p) for p in _open_for_writing()
+                      if not root or p == root or p.startswith(root.rstrip("/") + "/")]
         path = min(candidates)[1] if candidates else (writes_to or "")
     path = os.fsdecode(path)
     free, total = _free_space(path)
