@@ -166,7 +166,8 @@ def _read_lease(uri: str) -> LeaseInfo | None:
         return None  # torn or foreign content: treated as no lease (we are about to write a whole one)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (one we may not signal still runs)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -201,7 +202,7 @@ class Lease:
 
     def _stale(self, held: LeaseInfo) -> str:
         """Why the holder is gone, or '' when it may still be running."""
-        if held.host == socket.gethostname() and not _pid_alive(held.pid):
+        if held.host == socket.gethostname() and not pid_alive(held.pid):
             return f"pid {held.pid} no longer runs on {held.host}"
         if time.time() - held.heartbeat > self.stale_after_s:
             return f"no heartbeat for {time.time() - held.heartbeat:.0f} s (stale after {self.stale_after_s:.0f} s)"

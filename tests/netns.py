@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from imagenet_spark.ownership import pid_alive
+
 from .standalone import StandaloneCluster, _spark_class, stop_processes, wait_registered
 
 log = logging.getLogger(__name__)
@@ -75,16 +77,6 @@ def netns_unavailable() -> str | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _kill_namespace_processes(ns: str) -> None:
     """SIGKILL every process inside ``ns`` (workers, executors, Python and TF workers), then wait them out."""
     for _ in range(50):
@@ -114,20 +106,20 @@ def clean_stale(owner_alive: bool = False) -> list[str]:
     removed = []
     for ns in _namespaces():
         m = _NAME.match(ns)
-        if m and (not _pid_alive(int(m.group(1))) or (owner_alive and int(m.group(1)) == os.getpid())):
+        if m and (not pid_alive(int(m.group(1))) or (owner_alive and int(m.group(1)) == os.getpid())):
             _kill_namespace_processes(ns)
             _ip("netns", "del", ns, check=False)
             shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
             removed.append(ns)
     for link in _links():
         m = _NAME.match(link)
-        if m and (not _pid_alive(int(m.group(1))) or (owner_alive and int(m.group(1)) == os.getpid())):
+        if m and (not pid_alive(int(m.group(1))) or (owner_alive and int(m.group(1)) == os.getpid())):
             _ip("link", "del", link, check=False)
             removed.append(link)
     etc = Path("/etc/netns")
     for entry in (etc.iterdir() if etc.is_dir() else []):
         m = _NAME.match(entry.name)
-        if m and entry.name not in _namespaces() and (not _pid_alive(int(m.group(1))) or owner_alive):
+        if m and entry.name not in _namespaces() and (not pid_alive(int(m.group(1))) or owner_alive):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(str(entry))
     if removed:
