@@ -50,15 +50,8 @@ def canonical(uri: str) -> str:
     uri = fs.normalize(uri)
     if "://" not in uri:
         return os.path.realpath(uri)
-    scheme, _, rest = uri.partition("://")
-    authority, _, path = rest.partition("/")
-    return f"{scheme}://{authority}{posixpath.normpath('/' + path).rstrip('/')}"
-
-
-def is_within(path: str, root: str) -> bool:
-    """True when ``path`` equals ``root`` or lies below it (both in :func:`canonical` form)."""
-    root = root.rstrip("/")
-    return path == root or path.startswith(root + "/")
+    prefix, path = fs.split_remote(uri)
+    return prefix + posixpath.normpath(path).rstrip("/")
 
 
 def check_disjoint(out_setting: str, out_uri: str, in_setting: str, in_uri: str | None) -> None:
@@ -68,9 +61,9 @@ def check_disjoint(out_setting: str, out_uri: str, in_setting: str, in_uri: str 
     out_c, in_c = canonical(out_uri), canonical(in_uri)
     if out_c == in_c:
         relation = "is the same directory as"
-    elif is_within(out_c, in_c):
+    elif fs.is_under(out_c, in_c):
         relation = "lies inside"
-    elif is_within(in_c, out_c):
+    elif fs.is_under(in_c, out_c):
         relation = "contains"
     else:
         return

@@ -71,14 +71,15 @@ class FileEntry:
     size: int
 
 
-def _split_remote(uri: str) -> tuple[str, str]:
+def split_remote(uri: str) -> tuple[str, str]:
     """``scheme://authority`` and the absolute path of a normalised remote URI (``s3://b/k`` -> ``s3://b``, ``/k``)."""
     scheme, _, rest = uri.partition("://")
     authority, _, path = rest.partition("/")
     return f"{scheme}://{authority}", "/" + path
 
 
-def _under(path: str, root: str) -> bool:
+def is_under(path: str, root: str) -> bool:
+    """``path`` equals ``root`` or lies below it (both normalised the same way, no trailing slash)."""
     return root == "/" or path == root or path.startswith(root + "/")
 
 
@@ -102,7 +103,7 @@ class InputRoot:
         if "://" in uri:
             if is_file(uri):
                 uri = uri.rsplit("/", 1)[0]
-            prefix, path = _split_remote(uri)
+            prefix, path = split_remote(uri)
             return cls(uri, prefix, posixpath.normpath(path))
         if os.path.isfile(uri):
             uri = posixpath.dirname(uri)
@@ -116,16 +117,16 @@ class InputRoot:
         if "://" in uri:
             if not self.prefix:
                 return None
-            prefix, path = _split_remote(uri)
+            prefix, path = split_remote(uri)
             path = posixpath.normpath(path)
-            return prefix + path if prefix == self.prefix and _under(path, self.path) else None
+            return prefix + path if prefix == self.prefix and is_under(path, self.path) else None
         if self.prefix:
             return None
         try:
             real = os.path.realpath(uri)
         except (ValueError, OSError):
             return None
-        return real if _under(real, self.path) else None
+        return real if is_under(real, self.path) else None
 
     def relative(self, resolved: str) -> str:
         """Path of a resolved URI relative to the root ('' for the root itself)."""
