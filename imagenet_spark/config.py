@@ -330,6 +330,17 @@ class TrainConfig:
     batch_norm: typing.Optional[bool] = None
     precision: str = "float32"
     xla: bool = False
+    # --- batch mixing (data/mix.py) and weight averaging (train/ema.py); README "Training recipes"
+    # Mixup (Zhang et al. 2018) / CutMix (Yun et al. 2019): Beta(alpha, alpha) per batch, 0 = off. With both on,
+    # each batch uses one of them (probability 1/2 each); mix_prob: the share of batches mixed at all.
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    # Exponential moving average of the weights (Polyak averaging), evaluated and exported instead of the raw
+    # weights when on; 0 = off. ema_warmup: decay min(ema_decay, (1+n)/(10+n)) at update n (TF-models), so a
+    # short run is not dominated by the initial weights.
+    ema_decay: float = 0.0
+    ema_warmup: bool = True
     # --- input pipeline
     seed: int = 0
     shuffle_buffer: int = 4096
@@ -421,6 +432,7 @@ class TrainConfig:
             raise ConfigError("base_lr", self.base_lr, "must be positive.")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("label_smoothing", self.label_smoothing, "must be in [0, 1).")
+        self._validate_mix_and_ema()
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise ConfigError("warmup_epochs", self.warmup_epochs, f"must be in [0, epochs={self.epochs}).",
                               f"pass --set warmup_epochs={min(5.0, self.epochs / 2):g} (or 0).")
@@ -444,6 +456,17 @@ class TrainConfig:
         if self.divergence_check_steps < 0:
             raise ConfigError("divergence_check_steps", self.divergence_check_steps,
                               "must be 0 (at the loop's cadence, up to 50 steps) or more.", "pass 10.")
+
+    def _validate_mix_and_ema(self) -> None:
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, getattr(self, name), "must be 0 (off) or positive.",
+                                  f"pass --set {name}=0.2 (mixup) or 1.0 (cutmix), or 0.")
+        if not 0 <= self.mix_prob <= 1:
+            raise ConfigError("mix_prob", self.mix_prob, "must be in [0, 1].", "pass --set mix_prob=1.0.")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError("ema_decay", self.ema_decay, "must be in [0, 1) (0 = off).",
+                              "pass --set ema_decay=0.9999 (long runs) or 0.999 (short ones), or 0.")
 
     @property
     def per_worker_batch(self) -> int:

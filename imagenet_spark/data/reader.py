@@ -42,6 +42,7 @@ import numpy as np
 
 from imagenet_spark.data import fs
 from imagenet_spark.data.augment import preprocess_eval, preprocess_train
+from imagenet_spark.data.mix import MixSettings, mix_batches
 from imagenet_spark.data.schema import PARTITION_COLUMN, DatasetError, read_row_group_rows, read_row_groups_per_file
 from imagenet_spark.data.sharding import ShardPlan, assign_synsets, plan_shards, plan_synset_shards
 from imagenet_spark.distribute.stack import resolve_train_reader
@@ -60,6 +61,7 @@ TRAIN_FIELDS = ("image", "label")
 _SALT_PETASTORM = 1
 _SALT_SHUFFLE = 2
 _SALT_AUGMENT = 3
+_SALT_MIX = 4  # mixup/cutmix draws (data/mix.py)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -448,6 +450,7 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
         ds = ds.enumerate()
         ds = ds.map(transform, num_parallel_calls=parallel, deterministic=True)
         ds = ds.batch(batch, drop_remainder=True)
+        ds = mix_batches(ds, MixSettings.of(cfg), key=_mix_seed(seed, ctx.rank, _SALT_MIX))  # no-op when off
         ds = ds.prefetch(tf.data.AUTOTUNE)
     except BaseException:
         _close_reader(reader)
