@@ -33,6 +33,19 @@ def test_every_preset_resolves():
         assert any("jobs/partition.py" in line for line in header), f"{preset} header shows the command"
 
 
+def test_small_images_preset_resolves_through_its_base_chain():
+    from imagenet_spark.config import TrainConfig
+
+    preset = REPO / "conf/train/small_images.yaml"
+    cfg = resolve(TrainConfig, preset=preset, explicit={"data": "/ds", "model_dir": "/m"})
+    cfg.validate()
+    assert (cfg.model, cfg.warmup_epochs, cfg.precision) == ("resnet18", 1.0, "float32")  # its own settings
+    assert (cfg.schedule, cfg.momentum, cfg.bn_momentum) == ("cosine", 0.9, 0.9)  # from resnet50_imagenet.yaml
+    assert "base: resnet18_imagenet.yaml" in preset.read_text()
+    header = [line for line in preset.read_text().splitlines() if line.startswith("#")]
+    assert any("jobs/train_barrier.py --config conf/train/small_images.yaml" in line for line in header)
+
+
 @pytest.mark.parametrize("overrides,match", [
     (["qualty=80"], r"qualty=80: unknown setting\. Fix: valid settings here are: .*quality"),
     (["quality=abc"], r"quality='abc': expected an integer"),
