@@ -13,6 +13,7 @@ The loop sees a :class:`WorkerContext` and a backend, never environment variable
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from imagenet_spark.data import fs
 from imagenet_spark.data.sharding import ShardPlan
 from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.errors import ImagenetSparkError
+from imagenet_spark.train.ema import WeightAverage, averaged_weights, make_swapper
 from imagenet_spark.train.schedules import keras_schedule, make_schedule
 
 log = logging.getLogger(__name__)
@@ -214,12 +216,20 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch",
                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    train_steps, eval_steps = make_step_functions(cfg, backend, model, optimizer, sums, num_classes=plan.num_classes)
+    average = WeightAverage(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup,
+                            strategy=backend.strategy) if cfg.ema_decay else None
+    train_steps, eval_steps = make_step_functions(cfg, backend, model, optimizer, sums, num_classes=plan.num_classes,
+                                                  average=average)
+    # Evaluation, the best epoch's checkpoint and the export see the averaged weights when EMA is on.
+    swap = make_swapper(backend, average) if average else None
+    with_average = (lambda: averaged_weights(swap)) if swap else contextlib.nullcontext
+    eval_weights = "ema" if average else "raw"
 
     # --- checkpoints and resume
     ckpt_dir = fs.join(cfg.model_dir, CHECKPOINTS)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, step_in_epoch=step_var,
-                                     best_score=best_score, best_epoch=best_epoch)
+                                     best_score=best_score, best_epoch=best_epoch,
+                                     **({"ema": average.trackable} if average else {}))
     manager = tf.train.CheckpointManager(checkpoint, _local_or_uri(ckpt_dir), max_to_keep=cfg.keep_checkpoints)
     best_checkpoint = tf.train.Checkpoint(model=model)  # weights only: what the export needs
     best_manager = tf.train.CheckpointManager(best_checkpoint, _local_or_uri(fs.join(ckpt_dir, BEST)), max_to_keep=1)
@@ -242,8 +252,8 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
     def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
         number = epoch * plan.steps_per_epoch + step_in_epoch
         # Every rank reads the weights (a collective under MWMS), so every rank refuses alike.
-        _check_finite_weights(cfg, model.get_weights(), what="the checkpoint", step=number,
-                              lr=schedule(max(0, number - 1)))
+        _check_finite_weights(cfg, model.get_weights() + (average.values() if average else []),
+                              what="the checkpoint", step=number, lr=schedule(max(0, number - 1)))
         epoch_var.assign(epoch)
         step_var.assign(step_in_epoch)
         path = save(manager, checkpoint, number)
@@ -309,7 +319,7 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
             train_steps(iterator, tf.constant(n))
             running_loss = _ratio(backend, sums["loss"], sums["count"])  # a collective: every rank reads it
             if first:
-                backend.after_first_step(model, optimizer)
+                backend.after_first_step(average.broadcast_group(model) if average else model, optimizer)
                 first = False
             step += n
             steps_run += n
@@ -345,19 +355,22 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
             "attempt": ctx.attempt,
         }
         is_last = epoch == epochs_total - 1
-        if val_ds is not None and ((epoch + 1) % cfg.eval_every_epochs == 0 or is_last):
-            for name in ("val_loss", "val_top1", "val_top5", "val_count"):
-                sums[name].reset_state()
-            eval_steps(iter(val_ds), tf.constant(plan.validation.steps_per_epoch))  # type: ignore[union-attr]
-            record.update({
-                "val_loss": _ratio(backend, sums["val_loss"], sums["val_count"]),
-                "val_top1": _ratio(backend, sums["val_top1"], sums["val_count"]),
-                "val_top5": _ratio(backend, sums["val_top5"], sums["val_count"]),
-                "val_images": int(round(backend.sum_across_workers(float(sums["val_count"].result())))),
-            })
-        record["wall_time_s"] = round(time.monotonic() - epoch_started, 2)
-        if cfg.export == "best":
-            keep_if_best(record)
+        evaluate = val_ds is not None and ((epoch + 1) % cfg.eval_every_epochs == 0 or is_last)
+        with with_average() if evaluate else contextlib.nullcontext():  # checkpoints/best/ keeps what was evaluated
+            if evaluate:
+                for name in ("val_loss", "val_top1", "val_top5", "val_count"):
+                    sums[name].reset_state()
+                eval_steps(iter(val_ds), tf.constant(plan.validation.steps_per_epoch))  # type: ignore[union-attr]
+                record.update({
+                    "val_loss": _ratio(backend, sums["val_loss"], sums["val_count"]),
+                    "val_top1": _ratio(backend, sums["val_top1"], sums["val_count"]),
+                    "val_top5": _ratio(backend, sums["val_top5"], sums["val_count"]),
+                    "val_images": int(round(backend.sum_across_workers(float(sums["val_count"].result())))),
+                    "eval_weights": eval_weights,
+                })
+            record["wall_time_s"] = round(time.monotonic() - epoch_started, 2)
+            if cfg.export == "best":
+                keep_if_best(record)
         save_checkpoint(epoch + 1, 0)
         last = record
         if ctx.is_chief:
@@ -383,7 +396,8 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
         return {**done, "stopped_at_epoch": end_epoch}
     # Reading the weights is a collective under MWMS (batch-norm statistics are sync-on-read): every rank
     # reads them, then only the chief exports, from a strategy-free copy.
-    weights = model.get_weights()
+    with with_average():  # the averaged weights when EMA is on (swapped back after: the checkpoint keeps both)
+        weights = model.get_weights()
     consistency = backend.replica_consistency(weights)  # a collective under Horovod: every rank calls it
     # A resumed run whose newest checkpoint is already broken reaches here without training a step.
     _check_finite_weights(cfg, weights, what="the export", step=global_step, lr=None)
@@ -393,12 +407,17 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
             log.warning("export=best but no evaluated epoch was kept (no validation metric %s): exporting the last "
                         "weights", cfg.best_metric)
         _export(cfg, plan, weights, best_checkpoint=best_path)
-    return {**done, "exported": "best" if cfg.export == "best" and best else "last", **consistency}
+    return {**done, "exported": "best" if cfg.export == "best" and best else "last", "exported_weights": eval_weights,
+            **consistency}
 
 
 def make_step_functions(cfg: TrainConfig, backend: Any, model: Any, optimizer: Any, sums: dict[str, Any], *,
-                        num_classes: int) -> tuple[Any, Any]:
+                        num_classes: int, average: WeightAverage | None = None) -> tuple[Any, Any]:
     """``train_steps(iterator, n)`` and ``eval_steps(iterator, n)``: n steps inside one ``tf.function``.
+
+    Labels are one-hot or soft rows (mixup/cutmix, data/mix.py): the loss is the crossentropy against them and
+    top-1/top-5 count the dominant label (their argmax). ``average``: the EMA of the weights, updated after
+    every optimizer step on every replica.
 
     Separate from :func:`train` so ``bench/train_step.py`` times exactly the step the jobs run.
     """
@@ -454,6 +473,8 @@ def make_step_functions(cfg: TrainConfig, backend: Any, model: Any, optimizer: A
         if "nonfinite" in sums:  # the benchmarks build their own sums without it
             count_nonfinite(per_example, grads)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        if average is not None:  # after the (allreduced) update: the same weights on every replica
+            average.update()
         sums["loss"].update_state(tf.reduce_sum(per_example))
         sums["top1"].update_state(tf.reduce_sum(correct(labels, logits, 1)))
         sums["top5"].update_state(tf.reduce_sum(correct(labels, logits, top_k)))
