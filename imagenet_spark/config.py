@@ -228,7 +228,9 @@ class PartitionConfig:
     reject_bytes_cap: int = 16 << 20
     # The job fails (and publishes nothing) when more than this fraction of inputs is rejected.
     max_reject_fraction: float = 0.01
-    # Images per Spark task; one Parquet file per task. Bounds executor memory and the work lost on a retry.
+    # Most images per Spark task and per Parquet file (a class larger than this is cut into files of this many).
+    # Small classes are packed into one task up to ~1/3 of a slot's share of the input (one file per class
+    # still), so a tree of many small classes is not one task per class. Bounds the work lost on a retry.
     images_per_task: int = 256
     # Rows per Parquet row group: the unit petastorm shards by (row group i goes to worker i mod N).
     rows_per_row_group: int = 64
@@ -239,8 +241,10 @@ class PartitionConfig:
     resume: bool = False
     dry_run: bool = False
     tfrecord: bool = False
-    tfrecord_train_shards: int = 1024
-    tfrecord_validation_shards: int = 128
+    # TFRecord shards per split; None sizes them from the data (imagenet_to_gcs's records per shard, so
+    # ImageNet itself gets its 1024 + 128, and at most ~128 MiB per shard; see data/tfrecord.py).
+    tfrecord_train_shards: typing.Optional[int] = None
+    tfrecord_validation_shards: typing.Optional[int] = None
     # Fault injection for tests and drills: "TASK_PREFIX" fails the first attempt of matching tasks (Spark
     # retries them), "always:TASK_PREFIX" fails every attempt (the job fails; rerun with --resume), "publish"
     # stops the driver after it moved the first split into place (rerun with --resume).
@@ -279,8 +283,8 @@ class PartitionConfig:
         if self.overwrite and self.resume:
             raise ConfigError("resume", self.resume, "--resume and --overwrite contradict each other.", "pick one.")
         for name in ("tfrecord_train_shards", "tfrecord_validation_shards"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, getattr(self, name), "must be at least 1.")
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(name, getattr(self, name), "must be at least 1, or none (sized from the data).")
         if self.num_partitions is not None and self.num_partitions < 1:
             raise ConfigError("num_partitions", self.num_partitions, "must be at least 1.")
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from imagenet_spark import ownership
 from imagenet_spark.config import ConfigError, PartitionConfig, resolve
-from imagenet_spark.data import layouts
+from imagenet_spark.data import layouts, resume
 from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
 from imagenet_spark.data.partition import PartitionError, build_manifest, plan_tasks, run_partition
 from imagenet_spark.spark.jobs import SparkJobError
@@ -292,16 +292,17 @@ def test_manifest_refuses_a_name_both_written_and_rejected(raw):
     tasks = plan_tasks(listing, cfg.images_per_task)
 
     def result(task: dict, **kw) -> dict:
-        base = dict(id=task["id"], split=task["split"], synset=task["synset"], inputs=len(task["items"]),
-                    written=len(task["items"]), rejects=[], conversions={}, skipped=[], files={}, input_bytes=0,
+        n = len(resume.task_items(task))
+        base = dict(id=task["id"], split=task["split"], counts={u["synset"]: len(u["items"]) for u in task["units"]},
+                    inputs=n, written=n, rejects=[], conversions={}, skipped=[], files={}, input_bytes=0,
                     bytes_written=0, seconds=0.0)
         return {**base, **kw}
 
     results = [result(t) for t in tasks]
     manifest = build_manifest(cfg, listing, results, 1.0, tasks=tasks)
     assert manifest["totals"]["listed"] == manifest["totals"]["written"] == len(listing.items)
-    victim = tasks[-1]["items"][0][1]
-    stale = result({**tasks[-1], "id": "validation/_rejected/00000", "synset": "", "items": [()]}, written=0,
+    victim = resume.task_items(tasks[-1])[0][1]
+    stale = result({**tasks[-1], "id": "validation/_rejected/00000"}, written=0, counts={},
                    rejects=[(victim, "labels_count_mismatch", "stale")])
     with pytest.raises(PartitionError, match=r"1 result\(s\) of tasks not in this run's plan.*accounted for more"):
         build_manifest(cfg, listing, results + [stale], 1.0, tasks=tasks)

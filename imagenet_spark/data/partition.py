@@ -2,12 +2,14 @@
 
 Shape of the job (why each piece is where it is):
 
-* The driver lists inputs (``layouts.discover``) and cuts them into *tasks* of at most ``images_per_task``
-  images of one split and one synset, in sorted order. Tasks are deterministic, so a rerun with
-  ``--resume`` can skip the ones already done, and a retried Spark task rewrites the same file name
-  (no duplicate rows).
+* The driver lists inputs (``layouts.discover``) and cuts them into *units* of at most ``images_per_task``
+  images of one split and one synset, in sorted order; each unit is one Parquet file. Consecutive small
+  units are packed into one *task* (about three tasks per Spark slot, never over ``images_per_task``
+  images): a Spark task costs ~30 ms of a slot whatever it does, which on a tree of many small classes
+  used to be most of the job. Tasks are deterministic, so a rerun with ``--resume`` can skip the ones
+  already done, and a retried Spark task rewrites the same file names (no duplicate rows).
 * Each executor task reads its images (from files, or from a tar archive in place), cleans them with
-  ``images.process_image`` and streams rows into one Parquet file per task, flushing a row group every
+  ``images.process_image`` and streams rows into one Parquet file per unit, flushing a row group every
   ``rows_per_row_group`` rows: executor memory is bounded by one row group plus one image, whatever the
   dataset size. Rejected inputs go, with their bytes, to a per-task rejects file. The task then writes a
   small JSON result (counts, rejects, conversions) *after* its Parquet file is renamed into place, so a
@@ -22,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import platform
 import posixpath
 import resource
@@ -78,36 +81,83 @@ def _rejects_schema() -> pa.Schema:
 # --------------------------------------------------------------------------------------------------
 # Tasks (driver side)
 
+# A packed task holds at most this many input bytes (bounds a retry's cost and the task's reading time when
+# images are unusually large); the image count is the usual limit.
+PACK_MAX_BYTES = 256 << 20
+# Packing aims at this many tasks per slot: enough to balance slots of uneven speed, few enough that Spark's
+# per-task cost (~30 ms of a slot on local[2], bench/partition_overhead.py) stays small beside the work.
+TASKS_PER_SLOT = 3
+# Below this many images a packed task costs more in Spark overhead than it gains in balance.
+PACK_MIN_IMAGES = 32
 
-def plan_tasks(listing: layouts.Listing, images_per_task: int,
-               stats: dict[str, tuple[int, int]] | None = None) -> list[dict[str, Any]]:
-    """Cut the listing into deterministic tasks: one split × one synset × at most ``images_per_task`` images.
 
-    Items already rejected at listing time (unknown class, unlabelled validation file) get tasks of their
-    own under the pseudo-synset ``_rejected`` so their bytes still reach the rejects table.
+def pack_target(listing: layouts.Listing, images_per_task: int, slots: int) -> int:
+    """Images a packed task aims at: a third of a slot's share of the listed files, between
+    ``PACK_MIN_IMAGES`` and ``images_per_task`` (which also caps a file)."""
+    share = math.ceil(len(listing.items) / max(1, slots * TASKS_PER_SLOT))
+    return max(1, min(images_per_task, max(PACK_MIN_IMAGES, share)))
 
-    Each task's ``key`` hashes exactly what it covers (``resume.task_key``; ``stats`` adds each input's size
-    and mtime): a changed input, or a label fixed, changes the key of the tasks it touches, and ``--resume``
-    redoes exactly those (a slice boundary that moved changes the keys of the slices it moved).
-    """
+
+def _units(listing: layouts.Listing, images_per_task: int) -> list[dict[str, Any]]:
+    """The file units: one split × one synset × at most ``images_per_task`` images, sorted; each becomes one
+    Parquet file ``synset=<synset>/part-<index>.parquet`` (the dataset layout does not depend on packing).
+
+    Items already rejected at listing time (unknown class, unlabelled validation file) get units of their
+    own under the pseudo-synset ``_rejected`` so their bytes still reach the rejects table."""
     labels = listing.label_of()
     groups: dict[tuple[str, str], list[layouts.Item]] = defaultdict(list)
     for item in listing.items:
         groups[(item.split, "_rejected" if item.reject else item.synset)].append(item)
-    tasks: list[dict[str, Any]] = []
+    units = []
     for (split, synset), items in sorted(groups.items()):
         items.sort(key=lambda i: i.filename)
         for index, start in enumerate(range(0, len(items), images_per_task)):
             chunk = items[start:start + images_per_task]
-            tasks.append({
-                "id": f"{split}/{synset}/{index:05d}",
-                "kind": "files",
-                "split": split,
-                "synset": synset,
-                "label": labels.get(synset, -1),
-                "index": index,
+            units.append({
+                "id": f"{split}/{synset}/{index:05d}", "split": split, "synset": synset,
+                "label": labels.get(synset, -1), "index": index,
                 "items": [(i.uri, i.filename, i.offset, i.size, i.synset, i.reject, i.detail) for i in chunk],
             })
+    return units
+
+
+def _pack(units: list[dict[str, Any]], pack_images: int | None) -> list[list[dict[str, Any]]]:
+    """Consecutive units of one split, greedily, while the pack stays within ``pack_images`` images and
+    ``PACK_MAX_BYTES``; a unit at or over the target is a pack of its own. ``None``: one unit per pack.
+
+    Deterministic (sorted units, counts and sizes only). Packs are sized by image count first, so a file
+    whose bytes change moves no boundary unless the byte cap is reached; a file added or removed may move
+    the boundaries after it in its split, which redoes those packs on ``--resume`` (never keeps a stale one)."""
+    if pack_images is None:
+        return [[u] for u in units]
+    packs: list[list[dict[str, Any]]] = []
+    count = size = 0
+    for unit in units:
+        n = len(unit["items"])
+        b = sum(max(0, item[3]) for item in unit["items"])
+        fits = packs and packs[-1][0]["split"] == unit["split"] and count + n <= pack_images \
+            and size + b <= PACK_MAX_BYTES
+        if fits:
+            packs[-1].append(unit)
+            count, size = count + n, size + b
+        else:
+            packs.append([unit])
+            count, size = n, b
+    return packs
+
+
+def plan_tasks(listing: layouts.Listing, images_per_task: int, stats: dict[str, tuple[int, int]] | None = None,
+               pack_images: int | None = None) -> list[dict[str, Any]]:
+    """Deterministic tasks: packs of file units (:func:`_units`, :func:`_pack`), then one task per archive.
+
+    A files task is ``{"id", "kind": "files", "split", "units": [...]}``; its id is its first unit's, so
+    result files and ``inject_failure`` prefixes keep naming a split and a class. Each task's ``key`` hashes
+    exactly what it covers (``resume.task_key``; ``stats`` adds each input's size and mtime): a changed input,
+    or a label fixed, changes the key of the task it is in, and ``--resume`` redoes exactly those tasks
+    (a pack or slice boundary that moved changes the keys of the tasks it moved)."""
+    labels = listing.label_of()
+    tasks: list[dict[str, Any]] = [{"id": pack[0]["id"], "kind": "files", "split": pack[0]["split"], "units": pack}
+                                   for pack in _pack(_units(listing, images_per_task), pack_images)]
     for archive in sorted(listing.archives, key=lambda a: (a.split, a.synset)):
         tasks.append({
             "id": f"{archive.split}/{archive.synset}/archive",
@@ -216,10 +266,11 @@ def _capped(data: bytes, detail: str, cap: int) -> tuple[bytes, str]:
 class _TaskWriter:
     """Streams rows of one task into ``part-NNNNN.parquet`` files, a row group per ``rows_per_row_group``."""
 
-    def __init__(self, out_dir: str, start_index: int, cfg: PartitionConfig, max_rows_per_file: int) -> None:
+    def __init__(self, out_dir: str, start_index: int, cfg: PartitionConfig, max_rows_per_file: int,
+                 schema: pa.Schema) -> None:
         self._dir, self._index, self._cfg = out_dir, start_index, cfg
         self._max_rows = max_rows_per_file
-        self._schema = arrow_file_schema(imagenet_schema())
+        self._schema = schema
         self._writer: pq.ParquetWriter | None = None
         self._tmp = self._final = ""
         self._rows_in_file = 0
@@ -279,12 +330,15 @@ class InjectedFailure(RuntimeError):
     """Raised on purpose by ``inject_failure`` to prove retries and atomic publishing."""
 
 
-def _should_inject_failure(spec: str | None, task_id: str) -> bool:
+def _should_inject_failure(spec: str | None, task: dict[str, Any]) -> bool:
+    """Whether ``inject_failure`` names this task: its prefix matches the id of the task or of one of its
+    units (a class packed into another class's task still fails where it is)."""
     if not spec:
         return False
     always = spec.startswith("always:")
     prefix = spec.split(":", 1)[1] if always else spec
-    if not task_id.startswith(prefix):
+    ids = [task["id"], *(unit["id"] for unit in task.get("units", ()))]
+    if not any(i.startswith(prefix) for i in ids):
         return False
     from pyspark import TaskContext
 
@@ -292,101 +346,149 @@ def _should_inject_failure(spec: str | None, task_id: str) -> bool:
     return always or (ctx.attemptNumber() if ctx else 0) == 0
 
 
-def process_task(task: dict[str, Any], cfg_dict: dict[str, Any], staging: str) -> dict[str, Any]:
-    """Run one task on an executor; returns (and persists) its result. Never raises on bad images."""
-    started = time.monotonic()
-    cfg = PartitionConfig(**cfg_dict)
-    within = fs.InputRoot.of(cfg.input)
-    # Fail half way through, with a partial Parquet file open, to prove nothing half-written is kept.
-    fail_at = len(task.get("items", ())) // 2 if _should_inject_failure(cfg.inject_failure, task["id"]) else -1
-    split, synset, label = task["split"], task["synset"], task["label"]
-    real_class = synset != "_rejected"
-    out_dir = fs.join(staging, split, f"{PARTITION_COLUMN}={synset}")
-    if task["kind"] == "archive":
-        writer = _TaskWriter(out_dir, 0, cfg, cfg.images_per_task)
-    else:
-        writer = _TaskWriter(out_dir, task["index"], cfg, 1 << 62)
-    rejects: list[tuple[str, str, str]] = []
-    reject_rows: dict[str, list[Any]] = {n: [] for n in _rejects_schema().names}
-    conversions: dict[str, list[str]] = {}
-    skipped: list[tuple[str, str]] = []
-    written = 0
-    input_bytes = 0
+class _Outcome:
+    """What one task did, input by input: rows go to the current class file's writer, rejects (with their
+    bytes, capped) to one rejects table, and every name is counted once (the result the driver accounts on)."""
 
-    def reject(fname: str, item_synset: str, reason: str, detail: str, data: bytes) -> None:
-        data, detail = _capped(data, detail, cfg.reject_bytes_cap)
-        rejects.append((fname, reason, detail))
+    def __init__(self, cfg: PartitionConfig) -> None:
+        self.cfg = cfg
+        self.schema = arrow_file_schema(imagenet_schema())
+        self.rejects: list[tuple[str, str, str]] = []
+        self.reject_rows: dict[str, list[Any]] = {n: [] for n in _rejects_schema().names}
+        self.conversions: dict[str, list[str]] = {}
+        self.skipped: list[tuple[str, str]] = []
+        self.counts: dict[str, int] = {}  # per real class: images written
+        self.files: dict[str, list[int]] = {}
+        self.written = self.input_bytes = self.bytes_written = 0
+
+    def reject(self, fname: str, item_synset: str, reason: str, detail: str, data: bytes) -> None:
+        data, detail = _capped(data, detail, self.cfg.reject_bytes_cap)
+        self.rejects.append((fname, reason, detail))
         for key, value in (("filename", fname), ("synset", item_synset), ("reason", reason),
                            ("detail", detail), ("data", data)):
-            reject_rows[key].append(value)
+            self.reject_rows[key].append(value)
 
-    def handle(fname: str, item_synset: str, data: bytes | None, pre_reason: str, pre_detail: str) -> None:
-        nonlocal written, input_bytes
+    def handle(self, writer: _TaskWriter, label: int, fname: str, item_synset: str, data: bytes | None,
+               pre_reason: str, pre_detail: str) -> None:
         if data is None:  # never read: unreadable, or outside the input root
-            reject(fname, item_synset, pre_reason or images.READ_ERROR, pre_detail, b"")
+            self.reject(fname, item_synset, pre_reason or images.READ_ERROR, pre_detail, b"")
             return
-        input_bytes += len(data)
+        self.input_bytes += len(data)
         if pre_reason:
-            reject(fname, item_synset, pre_reason, pre_detail, data)
+            self.reject(fname, item_synset, pre_reason, pre_detail, data)
             return
+        cfg = self.cfg
         result = images.process_image(data, filename=fname, resize_short=cfg.resize_short, quality=cfg.quality,
                                       max_pixels=cfg.max_pixels)
         if isinstance(result, images.Rejected):
-            reject(fname, item_synset, result.reason, result.detail, data)
+            self.reject(fname, item_synset, result.reason, result.detail, data)
             return
         if result.conversions:
-            conversions[fname] = list(result.conversions)
+            self.conversions[fname] = list(result.conversions)
         writer.add({"image": result.data, "label": label, "filename": fname, "height": result.height,
                     "width": result.width})
-        written += 1
+        self.written += 1
 
-    if task["kind"] == "files":
-        for n, (uri, fname, offset, size, item_synset, pre_reason, pre_detail) in enumerate(task["items"]):
+    def close(self, writer: _TaskWriter, synset: str, written_before: int) -> None:
+        """A class file is complete: record its file(s) and, for a real class, its count."""
+        writer.close()
+        self.files.update(writer.files)
+        self.bytes_written += writer.bytes_written
+        if synset != "_rejected":
+            self.counts[synset] = self.counts.get(synset, 0) + self.written - written_before
+        elif self.written != written_before:
+            raise PartitionError(f"{writer.files or synset}: rejected items were written; this is a bug")
+
+
+def _class_dir(synset: str) -> str:
+    """The Hive partition folder of a class: ``synset=<name>``."""
+    return f"{PARTITION_COLUMN}={synset}"
+
+
+def _run_units(task: dict[str, Any], out: _Outcome, within: fs.InputRoot, staging: str, fail: bool) -> int:
+    """A files task: each unit (one class's slice) into its own ``synset=X/part-<index>.parquet``; returns
+    the number of inputs."""
+    items = sum(len(unit["items"]) for unit in task["units"])
+    fail_at = items // 2 if fail else -1
+    n = 0
+    for unit in task["units"]:
+        out_dir = fs.join(staging, task["split"], _class_dir(unit["synset"]))
+        writer = _TaskWriter(out_dir, unit["index"], out.cfg, 1 << 62, out.schema)
+        before = out.written
+        for uri, fname, offset, size, item_synset, pre_reason, pre_detail in unit["items"]:
             if n == fail_at:
-                raise InjectedFailure(f"inject_failure={cfg.inject_failure!r}: task {task['id']} fails at image {n}")
+                raise InjectedFailure(f"inject_failure={out.cfg.inject_failure!r}: task {task['id']} fails at "
+                                      f"image {n}")
+            n += 1
             if pre_reason in (images.READ_ERROR, images.OUTSIDE_INPUT_ROOT):
-                handle(fname, item_synset, None, pre_reason, pre_detail)
+                out.handle(writer, unit["label"], fname, item_synset, None, pre_reason, pre_detail)
                 continue
             data, reason, detail = _read_input(within, uri, offset, size)
-            handle(fname, item_synset, data, reason or pre_reason, detail or pre_detail)
-        expected = len(task["items"])
+            out.handle(writer, unit["label"], fname, item_synset, data, reason or pre_reason, detail or pre_detail)
+        out.close(writer, unit["synset"], before)
+    return items
+
+
+def _run_archive(task: dict[str, Any], out: _Outcome, within: fs.InputRoot, staging: str) -> int:
+    """An archive task: its members streamed into ``synset=X/part-*.parquet``; returns the members counted
+    as inputs (skipped ones are not)."""
+    uri, name, offset, size = task["archive"]
+    writer = _TaskWriter(fs.join(staging, task["split"], _class_dir(task["synset"])), 0, out.cfg,
+                         out.cfg.images_per_task, out.schema)
+    expected = 0
+    members = (_iter_archive(uri, name, offset, size) if within.resolve(uri) is not None else
+               [_Member(name, None, images.OUTSIDE_INPUT_ROOT, "resolves outside the input root when read")])
+    for fname, data, reason, detail, skip in members:
+        if skip or (posixpath.basename(fname).startswith((".", "_")) and data is not None):
+            out.skipped.append((fname, skip or "hidden or system file"))
+            continue
+        expected += 1
+        out.handle(writer, task["label"], fname, task["synset"], data, reason, detail)
+    out.close(writer, task["synset"], 0)
+    return expected
+
+
+def process_task(task: dict[str, Any], cfg_dict: dict[str, Any], staging: str) -> dict[str, Any]:
+    """Run one task on an executor; returns (and persists) its result. Never raises on bad images.
+
+    The result's ``counts`` holds images written per class (a packed task covers several); it is written
+    to ``_tasks/`` only after every Parquet file of the task is in place, so a result on disk means the
+    task's output is complete."""
+    started = time.monotonic()
+    cfg = PartitionConfig(**cfg_dict)
+    within = fs.InputRoot.of(cfg.input)
+    out = _Outcome(cfg)
+    if task["kind"] == "archive":
+        expected = _run_archive(task, out, within, staging)
+        first_synset, first_index = task["synset"], 0
     else:
-        uri, name, offset, size = task["archive"]
-        expected = 0
-        members = (_iter_archive(uri, name, offset, size) if within.resolve(uri) is not None else
-                   [_Member(name, None, images.OUTSIDE_INPUT_ROOT, "resolves outside the input root when read")])
-        for fname, data, reason, detail, skip in members:
-            if skip or (posixpath.basename(fname).startswith((".", "_")) and data is not None):
-                skipped.append((fname, skip or "hidden or system file"))
-                continue
-            expected += 1
-            handle(fname, synset, data, reason, detail)
-    writer.close()
-    if not real_class and written:
-        raise PartitionError(f"task {task['id']}: rejected items were written; this is a bug")
-    if reject_rows["filename"]:
-        rej_uri = fs.join(staging, REJECTS, f"split={split}", f"part-{synset}-{task['index']:05d}.parquet")
+        # Fail half way through, with a partial Parquet file open, to prove nothing half-written is kept.
+        expected = _run_units(task, out, within, staging, _should_inject_failure(cfg.inject_failure, task))
+        first_synset, first_index = task["units"][0]["synset"], task["units"][0]["index"]
+    if out.reject_rows["filename"]:
+        rej_uri = fs.join(staging, REJECTS, f"split={task['split']}", f"part-{first_synset}-{first_index:05d}.parquet")
         filesystem, path = fs.resolve(rej_uri)
         filesystem.create_dir(posixpath.dirname(path), recursive=True)
-        pq.write_table(pa.Table.from_pydict(reject_rows, schema=_rejects_schema()), path, filesystem=filesystem)
+        pq.write_table(pa.Table.from_pydict(out.reject_rows, schema=_rejects_schema()), path, filesystem=filesystem)
     result = {
         "id": task["id"],
-        "split": split,
-        "synset": synset if real_class else "",
+        "split": task["split"],
+        "counts": out.counts,
         "inputs": expected,
-        "written": written,
-        "rejects": rejects,
-        "conversions": conversions,
-        "skipped": skipped,
-        "files": writer.files,
-        "input_bytes": input_bytes,
-        "bytes_written": writer.bytes_written,
+        "written": out.written,
+        "rejects": out.rejects,
+        "conversions": out.conversions,
+        "skipped": out.skipped,
+        "files": out.files,
+        "input_bytes": out.input_bytes,
+        "bytes_written": out.bytes_written,
         "seconds": round(time.monotonic() - started, 3),
         # Peak RSS of this Python worker so far: the executor-memory figure the manifest reports.
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    if written + len(rejects) != expected:
-        raise PartitionError(f"task {task['id']}: {expected} inputs but {written} written + {len(rejects)} rejected")
+    if out.written + len(out.rejects) != expected:
+        raise PartitionError(f"task {task['id']}: {expected} inputs but {out.written} written + {len(out.rejects)} "
+                             "rejected")
     fs.write_text_atomic(_task_result_uri(staging, task["id"]), json.dumps(result))
     return result
 
@@ -499,10 +601,22 @@ def _check_output(cfg: PartitionConfig) -> str:
 # max_reject_fraction, num_partitions, tfrecord; labels_file and val_labels reach the task keys (a fixed
 # labels file redoes the tasks whose labels it changed).
 _RUN_KEYS = ("input", "layout", "resize_short", "quality", "max_pixels", "images_per_task", "rows_per_row_group")
+PACK_KEY = "pack_images"  # in run.json beside _RUN_KEYS: the packing target, derived (not a setting)
+
+
+def _stored_pack_target(cfg: PartitionConfig, staging: str) -> int | None:
+    """On ``--resume``, the packing target of the interrupted run (``run.json``): the plan must not change
+    with the cluster's size (a resume on other hardware would redo every task); None when there is none."""
+    run_uri = fs.join(staging, RUN)
+    if not cfg.resume or not fs.exists(run_uri):
+        return None
+    stored = json.loads(fs.read_text(run_uri)).get(PACK_KEY)
+    return stored if isinstance(stored, int) and stored > 0 else None
 
 
 def _check_resume(cfg: PartitionConfig, staging: str, listing: layouts.Listing, tasks: list[dict[str, Any]],
-                  stats: dict[str, tuple[int, int]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+                  stats: dict[str, tuple[int, int]],
+                  packing: int | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Reconcile staging with this run; returns (the committed results to reuse, what changed in the input).
 
     The settings must be those of the interrupted run (``run.json``). The input is listed anew and compared
@@ -520,7 +634,7 @@ def _check_resume(cfg: PartitionConfig, staging: str, listing: layouts.Listing, 
             raise ConfigError(key, new, f"differs from the interrupted run being resumed ({old!r}).",
                               "resume with the same settings, or pass --overwrite to start over.")
     else:
-        fs.write_text_atomic(run_uri, json.dumps(current))
+        fs.write_text_atomic(run_uri, json.dumps({**current, PACK_KEY: packing}))
     labels = {s: getattr(cfg, s) for s in ("labels_file", "val_labels") if getattr(cfg, s)}
     now = resume.fingerprint(listing, stats, labels)
     fingerprint_uri = fs.join(staging, resume.FINGERPRINT)
@@ -593,13 +707,22 @@ def _empty_classes(listing: layouts.Listing, per_split: dict[str, Counter[str]])
     return out
 
 
+def efficiency(work_seconds: float, slots: int, wall_time: float) -> float:
+    """Executor work seconds over slot seconds (slots x wall): the share of the cluster's time spent in the
+    tasks' own work. The rest is overhead (Spark's per-task cost, driver-side listing and publishing, slots
+    idle at the start and the end)."""
+    return round(work_seconds / (slots * wall_time), 3) if slots > 0 and wall_time > 0 else 0.0
+
+
 def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list[dict[str, Any]],
-                   wall_time: float, resumed: int = 0, tasks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                   wall_time: float, resumed: int = 0, tasks: list[dict[str, Any]] | None = None,
+                   slots: int = 0) -> dict[str, Any]:
     """The manifest: everything a person or a program needs to trust (or debug) the dataset.
 
     ``results`` holds every task's result, including those committed by an earlier, interrupted run
     (``resumed`` of them); rates are computed over the work done by this run only. ``tasks``: this run's plan
-    (planned again from the listing when omitted).
+    (planned again from the listing when omitted). ``slots``: the Spark task slots the job ran on (0 when
+    unknown), for ``efficiency``.
 
     Raises PartitionError (a bug, never bad input) unless every listed input name is in exactly one of
     written, rejected and skipped (``resume.accounting_problems``): what a published dataset promises."""
@@ -614,8 +737,9 @@ def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list
         written += r["written"]
         in_bytes += r["input_bytes"]
         out_bytes += r["bytes_written"]
-        if r["synset"]:
-            per_split[r["split"]][r["synset"]] += r["written"]
+        # "counts" per class (a packed task covers several); results of older runs name one "synset"
+        for synset, n in (r["counts"] if "counts" in r else {r["synset"]: r["written"]} if r["synset"] else {}).items():
+            per_split[r["split"]][synset] += n
         for fname, reason, detail in r["rejects"]:
             rejects.append({"filename": fname, "split": r["split"], "reason": reason, "detail": detail})
         for fname, kinds in r["conversions"].items():
@@ -659,6 +783,9 @@ def build_manifest(cfg: PartitionConfig, listing: layouts.Listing, results: list
         "executor_peak_rss_mb": max((r.get("peak_rss_mb", 0) for r in results), default=0),
         "executor_seconds": round(sum(r["seconds"] for r in results), 2),
         "images_per_s": round(inputs_now / wall_time, 1) if wall_time > 0 else 0,
+        "tasks": {"planned": len(plan), "run": len(results) - resumed},
+        "slots": slots,
+        "efficiency": efficiency(sum(r["seconds"] for r in results[resumed:]), slots, wall_time),
         "_row_group_rows": {s: dict(sorted(v.items())) for s, v in sorted(row_groups.items())},
     }
 
@@ -744,15 +871,21 @@ def _run_leased(spark: Any, cfg: PartitionConfig, listing: layouts.Listing, star
                           tasks=max(2, spark.sparkContext.defaultParallelism))
     fs.make_dirs(staging)
     stats = resume.input_stats(listing)
-    tasks = plan_tasks(listing, cfg.images_per_task, stats)
-    done, changes = _check_resume(cfg, staging, listing, tasks, stats)
+    slots = spark.sparkContext.defaultParallelism
+    packing = _stored_pack_target(cfg, staging) or pack_target(listing, cfg.images_per_task, slots)
+    tasks = plan_tasks(listing, cfg.images_per_task, stats, pack_images=packing)
+    log.info("%d tasks for %d listed files (classes packed up to %d images a task, %d slots)", len(tasks),
+             len(listing.items), packing, slots)
+    done, changes = _check_resume(cfg, staging, listing, tasks, stats, packing)
     todo = [t for t in tasks if t["id"] not in done]
     cfg_dict = to_dict(cfg)
     results = list(done.values()) + run_tasks(
         spark, todo, lambda task: process_task(task, cfg_dict, staging),
         description=f"imagenet-spark partition {cfg.input} -> {cfg.output}", num_partitions=cfg.num_partitions,
         writes_to=staging)
-    manifest = build_manifest(cfg, listing, results, time.monotonic() - started, resumed=len(done), tasks=tasks)
+    manifest = build_manifest(cfg, listing, results, time.monotonic() - started, resumed=len(done), tasks=tasks,
+                              slots=slots)
+    manifest["pack_images"] = packing
     if cfg.resume:
         manifest["input_changes"] = changes
     totals = manifest["totals"]
@@ -771,8 +904,10 @@ def _run_leased(spark: Any, cfg: PartitionConfig, listing: layouts.Listing, star
 
         write_tfrecords(spark, staging, manifest, cfg)
     manifest["wall_time_s"] = round(time.monotonic() - started, 2)
+    work = sum(r["seconds"] for r in results[len(done):]) + manifest.get("tfrecord", {}).get("seconds", 0)
+    manifest["efficiency"] = efficiency(work, slots, manifest["wall_time_s"])
     _publish(cfg, staging, manifest, listing)
-    log.info("published %s: %d written, %d rejected, %d skipped; %.1f s (%d tasks resumed, %.0f inputs/s)",
-             cfg.output, totals["written"], totals["rejected"], totals["skipped"], manifest["wall_time_s"],
-             len(done), manifest["images_per_s"])
+    log.info("published %s: %d written, %d rejected, %d skipped; %.1f s (%d tasks resumed, %.0f inputs/s, "
+             "efficiency %.2f)", cfg.output, totals["written"], totals["rejected"], totals["skipped"],
+             manifest["wall_time_s"], len(done), manifest["images_per_s"], manifest["efficiency"])
     return {k: v for k, v in manifest.items() if not k.startswith("_")}

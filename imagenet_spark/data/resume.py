@@ -4,8 +4,9 @@ Why this exists: a resumed run used to trust every task result on disk. Files ad
 since, or a fixed labels file, shift the deterministic slices (``plan_tasks``), so results of the old
 slices were kept beside new ones: inputs silently dropped, or an image both written and rejected. Here:
 
-* Every task carries a *key*: a hash of exactly what it covers (task id, label index, and per input its
-  name, size, mtime, synset and listing-time reject reason; for an archive, the archive's). Same key, same
+* Every task carries a *key*: a hash of exactly what it covers (task id; per unit, i.e. per class file of a
+  packed task, its id and label index, and per input its name, size, mtime, synset and listing-time reject
+  reason; for an archive, the archive's). Same key, same
   output: a result is reused only when the key it was computed under (``_plan.json``) equals the current one.
 * The listing's *fingerprint* (per input name: size and mtime; a hash of each labels file) is stored at the
   first run, so a resume can say what changed (added, removed, changed, labels files changed).
@@ -73,13 +74,20 @@ def input_stats(listing: layouts.Listing) -> dict[str, tuple[int, int]]:
     return {u: stats.get(u, _NO_STAT) for u in uris}
 
 
+def task_items(task: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The listed inputs of a files task, over all its units (classes packed together), in order."""
+    return [item for unit in task["units"] for item in unit["items"]]
+
+
 def task_key(task: dict[str, Any], stats: dict[str, tuple[int, int]]) -> str:
-    """A hash of everything a task's output depends on besides the run settings (``run.json`` pins those)."""
+    """A hash of everything a task's output depends on besides the run settings (``run.json`` pins those):
+    for a files task, per unit (one class's file) its id and label and per input its listing and stat."""
     if task["kind"] == "archive":
-        covered: Any = [list(task["archive"]), list(stats.get(task["archive"][0], _NO_STAT))]
+        covered: Any = [task["label"], list(task["archive"]), list(stats.get(task["archive"][0], _NO_STAT))]
     else:
-        covered = [[*item, *stats.get(item[0], _NO_STAT)] for item in task["items"]]
-    material = json.dumps([task["id"], task["label"], covered], sort_keys=True, default=str)
+        covered = [[unit["id"], unit["label"], [[*item, *stats.get(item[0], _NO_STAT)] for item in unit["items"]]]
+                   for unit in task["units"]]
+    material = json.dumps([task["id"], covered], sort_keys=True, default=str)
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -245,7 +253,7 @@ def accounting_problems(listing: layouts.Listing, tasks: list[dict[str, Any]],
             members += r["written"]
             continue
         rejected_here = set(rejected)
-        written = [item[1] for item in task["items"] if item[1] not in rejected_here]
+        written = [item[1] for item in task_items(task) if item[1] not in rejected_here]
         if len(written) != r["written"]:
             problems.append(f"task {r['id']}: {r['written']} written but {len(written)} of its inputs not rejected")
         seen.update(written)
