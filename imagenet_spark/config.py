@@ -354,6 +354,10 @@ class TrainConfig:
     # only for slow remote storage.
     reader_workers: int = 1
     decode_threads: typing.Optional[int] = None
+    # --- threads per worker (distribute/threads.py): TensorFlow's intra/inter-op pools and tf.data's pool.
+    # None: the task's spark.task.cpus (a GPU worker: its share of the host's cores, if larger; one worker on
+    # the driver: the host's cores); 0: TensorFlow's unsized defaults (every core), for comparison only.
+    cpus_per_worker: typing.Optional[int] = None
     # How the training stream reads the dataset: "petastorm" (make_batch_reader; it unpickles the Unischema in
     # _common_metadata, so a dataset from an untrusted source can run code) or "parquet" (pyarrow only, by the
     # Parquet schema: nothing is unpickled); "auto": petastorm where it is installed (legacy stack), else
@@ -423,6 +427,9 @@ class TrainConfig:
                 f"{(self.global_batch_size // self.workers + 1) * self.workers}.")
         if self.epochs <= 0:
             raise ConfigError("epochs", self.epochs, "must be positive.")
+        if self.cpus_per_worker is not None and self.cpus_per_worker < 0:
+            raise ConfigError("cpus_per_worker", self.cpus_per_worker, "must be 0 (unsized) or more.",
+                              "leave it unset to follow spark.task.cpus.")
         if self.shard_by not in ("row_group", "synset"):
             raise ConfigError("shard_by", self.shard_by, "must be row_group or synset.")
         from imagenet_spark.distribute.stack import check_train_config

@@ -8,6 +8,7 @@ SparkContext; and the misconfigurations that must fail fast with the fix.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -145,12 +146,18 @@ def test_port_taken_between_exchange_and_bind_is_relaunched(spark, dataset, tmp_
     assert "taken before it could bind" in result["attempts"][0]["error"]
 
 
-def test_single_worker_runs_on_the_driver(spark, dataset, tmp_path):
+def test_single_worker_runs_on_the_driver(spark, dataset, tmp_path, capfd, caplog):
     model_dir = tmp_path / "m"
+    caplog.set_level(logging.INFO, logger="imagenet_spark")  # the worker logs at the driver's level
     result = run_training(spark, _train_cfg(dataset, model_dir, workers=1, backend="off", epochs=1,
-                                            warmup_epochs=0, global_batch_size=16))
+                                            warmup_epochs=0, global_batch_size=16, cpus_per_worker=2))
     assert result["metrics"]["val_images"] == 60
     assert (model_dir / "saved_model" / "saved_model.pb").exists()
+    # workers sized to their task, logged at start (distribute/threads.py); the dataset's short side reaches the
+    # export, whose signature resizes original images to it (train/serve parity)
+    assert "rank 0: 2 CPUs (cpus_per_worker, no Spark task): intra-op 2, inter-op 2, tf.data 2" in capfd.readouterr().err
+    info = json.loads((model_dir / "saved_model" / "assets" / "model_info.json").read_text())
+    assert info["resize_short"] == 40
 
 
 def test_misconfigurations_fail_fast_with_the_fix(spark, dataset, tmp_path):

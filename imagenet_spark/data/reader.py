@@ -46,6 +46,7 @@ from imagenet_spark.data.mix import MixSettings, mix_batches
 from imagenet_spark.data.schema import PARTITION_COLUMN, DatasetError, read_row_group_rows, read_row_groups_per_file
 from imagenet_spark.data.sharding import ShardPlan, assign_synsets, plan_shards, plan_synset_shards
 from imagenet_spark.distribute.stack import resolve_train_reader
+from imagenet_spark.distribute.threads import data_options
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import tensorflow as tf
@@ -433,7 +434,7 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
     try:
         shuffle_seed = _mix_seed(seed, ctx.rank, _SALT_SHUFFLE)
         augment_key = tf.constant(_mix_seed(seed, ctx.rank, _SALT_AUGMENT), tf.int64)
-        parallel = cfg.decode_threads or tf.data.AUTOTUNE
+        parallel = cfg.decode_threads or ctx.cpus or tf.data.AUTOTUNE  # ctx.cpus: the task's (distribute/threads.py)
 
         def transform(index: Any, row: Any) -> tuple[Any, Any]:
             # Two seeds per element ([key, 2i] for the crop, [key, 2i+1] for the flip inside preprocess_train),
@@ -451,7 +452,7 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
         ds = ds.map(transform, num_parallel_calls=parallel, deterministic=True)
         ds = ds.batch(batch, drop_remainder=True)
         ds = mix_batches(ds, MixSettings.of(cfg), key=_mix_seed(seed, ctx.rank, _SALT_MIX))  # no-op when off
-        ds = ds.prefetch(tf.data.AUTOTUNE)
+        ds = ds.prefetch(tf.data.AUTOTUNE).with_options(data_options(ctx.cpus))
     except BaseException:
         _close_reader(reader)
         raise
@@ -574,7 +575,7 @@ def eval_dataset(*, data: str, ctx: WorkerContext, plan: ShardPlan, num_classes:
     ds = tf.data.Dataset.from_generator(rows, output_signature=(
         tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)))
     ds = ds.unbatch()
-    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(transform, num_parallel_calls=ctx.cpus or tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch, drop_remainder=True)
     ds = ds.apply(tf.data.experimental.assert_cardinality(plan.steps_per_epoch))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(data_options(ctx.cpus))

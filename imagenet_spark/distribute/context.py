@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Optional
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,6 +18,11 @@ class WorkerContext:
     cross_size: int = 1
     host: str = "127.0.0.1"
     attempt: int = 0
+    # CPU threads this worker sizes TensorFlow and tf.data to (distribute/threads.py; 0: TensorFlow's defaults),
+    # decided where the task starts, with where the number came from and the task's spark.task.cpus.
+    cpus: int = 0
+    cpus_source: str = "unsized"
+    task_cpus: Optional[int] = None
 
     @property
     def is_chief(self) -> bool:

@@ -33,6 +33,7 @@ from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.distribute.launch import run_worker_process
 from imagenet_spark.distribute.ports import free_port, hold_port
 from imagenet_spark.distribute.progress import ProgressServer, format_progress
+from imagenet_spark.distribute.threads import host_cpus, size_threads
 from imagenet_spark.spark.jobs import SparkJobError, run_barrier
 from imagenet_spark.spark.preflight import check_spark_conf, check_training_paths, with_absolute_paths
 from imagenet_spark.spark.session import executors_in_driver_jvm
@@ -216,9 +217,11 @@ def _barrier_task(spec: dict[str, Any], _partition: Iterator[Any]) -> Iterator[s
         raise LaunchError("; ".join(problems))
     endpoints = sorted((Endpoint(g["rank"], g["host"], g["port"]) for g in gathered), key=lambda e: e.rank)
     layout = host_layout([e.host for e in endpoints], rank)
+    sizing = size_threads(spec["config"].get("cpus_per_worker"), task_cpus=ctx.cpus(), gpus=len(gpus.split(",")) if
+                          gpus else 0, host=host_cpus(), local_size=layout.local_size)
     wctx = WorkerContext(rank=rank, size=len(endpoints), local_rank=layout.local_rank, local_size=layout.local_size,
                          cross_rank=layout.cross_rank, cross_size=layout.cross_size, host=host,
-                         attempt=spec["attempt"])
+                         attempt=spec["attempt"], cpus=sizing.cpus, cpus_source=sizing.source, task_cpus=ctx.cpus())
     if spec["config"]["backend"] == "mwms":
         env["TF_CONFIG"] = tf_config(endpoints, rank)
         if spec["config"].get("bind_tf_to_host", True):
@@ -336,8 +339,9 @@ def _launch(spark: Any, cfg: TrainConfig, plan: RunPlan, *, on_driver: bool, lab
             ckpt_before = _checkpoint_position(cfg, plan)
             try:
                 if on_driver:
-                    result = run_worker_process({**spec, "ctx": WorkerContext(attempt=attempt).to_dict()}, env={},
-                                                rank=0)
+                    sizing = size_threads(cfg.cpus_per_worker, task_cpus=None, gpus=0, host=host_cpus(), local_size=1)
+                    wctx = WorkerContext(attempt=attempt, cpus=sizing.cpus, cpus_source=sizing.source)
+                    result = run_worker_process({**spec, "ctx": wctx.to_dict()}, env={}, rank=0)
                 else:
                     outputs = run_barrier(spark, cfg.workers, lambda it: _barrier_task(spec, it),
                                           description=f"imagenet-spark train {cfg.model} attempt {attempt}"

@@ -185,7 +185,7 @@ def _num_classes(model: "tf.keras.Model", image_size: int) -> int:
 
 
 def _serving_module(model: "tf.keras.Model", *, image_size: int, eval_resize: int, mean: tuple[float, ...],
-                    std: tuple[float, ...], assets: dict[str, str]) -> tuple[Any, int]:
+                    std: tuple[float, ...], assets: dict[str, str], resize_short: int | None) -> tuple[Any, int]:
     """``(module, number of classes)``: a tf.Module holding the model's variables, the assets and the
     ``serve`` function of the contract.
 
@@ -207,7 +207,8 @@ def _serving_module(model: "tf.keras.Model", *, image_size: int, eval_resize: in
     num_classes = _num_classes(model, image_size)
 
     def preprocess(image: tf.Tensor) -> tf.Tensor:
-        return preprocess_any(image, image_size=image_size, eval_resize=eval_resize, mean=mean, std=std)
+        return preprocess_any(image, image_size=image_size, eval_resize=eval_resize, mean=mean, std=std,
+                              resize_short=resize_short)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes"),
                                   tf.TensorSpec([None], tf.string, name="key")])
@@ -279,6 +280,7 @@ def export_saved_model(
     mean: Sequence[float],
     std: Sequence[float],
     labels_txt: str | None = None,
+    resize_short: int | None = None,
 ) -> str:
     """Write ``model`` as a SavedModel with the ``serving_default`` signature of the contract; return ``export_dir``.
 
@@ -287,11 +289,18 @@ def export_saved_model(
     replaces the previous export. ``labels_txt`` (the text of the dataset's labels.txt) is checked against
     the model's number of outputs, written to ``export_dir/../labels.txt`` and stored in the SavedModel as
     ``assets/labels.txt``. ``assets/model_info.json`` records the model name and the preprocessing baked in.
+    ``resize_short`` is the short side of the dataset the model was trained on (its manifest's
+    ``resize_short``): the signature brings each image to it as the partition job did before the eval crop,
+    so serving sees what evaluation saw (None: images are cropped at their own size).
     """
     import tensorflow as tf
 
     started = time.monotonic()
     mean_t, std_t = _check_export_options(model_name, image_size, eval_resize, mean, std)
+    if resize_short is not None and (isinstance(resize_short, bool) or not isinstance(resize_short, int)
+                                     or resize_short < 1):
+        raise ExportError(f"resize_short={resize_short!r}: must be the dataset's short side in pixels (its "
+                          f"manifest.json config.resize_short) or None (model {model_name})")
     _check_model_input(model, model_name, image_size)
     labels = parse_labels(labels_txt, source="labels_txt") if labels_txt is not None else None
     final = fs.normalize(export_dir)
@@ -305,13 +314,14 @@ def export_saved_model(
     try:
         assets: dict[str, str] = {}
         info = {"model": model_name, "image_size": image_size, "eval_resize": eval_resize, "mean": list(mean_t),
-                "std": list(std_t), "signature": SIGNATURE, "tensorflow": tf.__version__}
+                "std": list(std_t), "resize_short": resize_short, "signature": SIGNATURE,
+                "tensorflow": tf.__version__}
         if labels_txt is not None:
             assets[LABELS] = os.path.join(scratch, LABELS)
             with open(assets[LABELS], "w", encoding="utf-8") as f:
                 f.write(labels_txt)
         module, num_classes = _serving_module(model, image_size=image_size, eval_resize=eval_resize, mean=mean_t,
-                                              std=std_t, assets=assets)
+                                              std=std_t, assets=assets, resize_short=resize_short)
         info["num_classes"] = num_classes
         if labels is not None and len(labels) != num_classes:
             raise ExportError(f"labels_txt: {len(labels)} classes but model {model_name} has {num_classes} "
@@ -548,19 +558,6 @@ def _output_schema(T: Any, *, with_truth: bool) -> Any:  # noqa: N803 - pyspark.
     return T.StructType(fields)
 
 
-def _configure_tf(tf: Any, cpus: int) -> None:
-    """Size TF to the task: ``cpus`` threads (not the whole machine, which the executor's other tasks share)
-    and GPU memory grown on demand (so several tasks can share a GPU). Python workers are reused between
-    tasks and TF accepts these settings only before it starts, hence the silent RuntimeError."""
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(cpus)
-        tf.config.threading.set_inter_op_parallelism_threads(cpus)
-        for gpu in tf.config.list_physical_devices("GPU"):
-            tf.config.experimental.set_memory_growth(gpu, True)
-    except RuntimeError:
-        pass
-
-
 def _predict_partition(rows: Iterable[Any], *, saved_model: str, labels: Sequence[tuple[str, str]], top_k: int,
                        batch_size: int, dataset: bool, true_synsets: Sequence[str] | None,
                        cpus: int) -> Iterator[tuple]:
@@ -573,9 +570,11 @@ def _predict_partition(rows: Iterable[Any], *, saved_model: str, labels: Sequenc
     first = next(iterator, None)
     if first is None:
         return
-    import tensorflow as tf
+    from imagenet_spark.distribute.threads import configure
 
-    _configure_tf(tf, cpus)
+    # Sized to the task (spark.task.cpus), not the machine the executor's other tasks share; the same helper as
+    # the training workers. A reused Python worker keeps its first task's sizing.
+    configure(cpus)
     predictor = _Predictor(saved_model, labels, top_k=top_k, batch_size=batch_size)
 
     def inputs() -> Iterator[_Input]:

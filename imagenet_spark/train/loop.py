@@ -92,6 +92,9 @@ class RunPlan:
     validation: ShardPlan | None
     steps_per_epoch: int
     total_steps: int
+    # The dataset's short side (manifest config.resize_short; None: original sizes): the export's signature
+    # resizes original images to it before the eval crop, as the partition job did (train/serve parity).
+    resize_short: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -106,7 +109,7 @@ class RunPlan:
             mean=tuple(d["mean"]), std=tuple(d["std"]),  # type: ignore[arg-type]
             train=_shard_plan(d["train"]),
             validation=_shard_plan(val) if val else None,
-            steps_per_epoch=d["steps_per_epoch"], total_steps=d["total_steps"],
+            steps_per_epoch=d["steps_per_epoch"], total_steps=d["total_steps"], resize_short=d.get("resize_short"),
         )
 
 
@@ -180,7 +183,11 @@ def _check_finite_weights(cfg: TrainConfig, weights: list[Any], *, what: str, st
 def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Reporter | None = None) -> dict[str, Any]:
     """The loop behind :func:`train` (which turns a divergence into a structured failure)."""
     from imagenet_spark.distribute.backends import make_backend
+    from imagenet_spark.distribute.threads import ThreadSizing, configure as configure_threads
 
+    log.info("%s", ThreadSizing(ctx.cpus, ctx.cpus_source).describe(ctx.rank, ctx.task_cpus))  # type: ignore[arg-type]
+    if not configure_threads(ctx.cpus):  # before TensorFlow's runtime starts (the backend starts it)
+        log.warning("rank %d: TensorFlow had already started: its thread pools keep their default size", ctx.rank)
     backend = make_backend(cfg.backend, ctx,  # before any other TensorFlow op
                            horovod_fp16_allreduce=cfg.horovod_fp16_allreduce)
     import tensorflow as tf
@@ -534,5 +541,5 @@ def _export(cfg: TrainConfig, plan: RunPlan, weights: list[Any], *, best_checkpo
     labels = fs.read_text(labels_uri) if fs.exists(labels_uri) else None
     export_saved_model(plain, _local_or_uri(fs.join(cfg.model_dir, SAVED_MODEL)), model_name=cfg.model,
                        image_size=plan.image_size, eval_resize=plan.eval_resize, mean=plan.mean, std=plan.std,
-                       labels_txt=labels)
+                       labels_txt=labels, resize_short=plan.resize_short)
     log.info("exported %s", fs.join(cfg.model_dir, SAVED_MODEL))

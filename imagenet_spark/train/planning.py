@@ -27,7 +27,7 @@ _RESUMABLE = {"epochs", "max_retries", "fail_at_step", "fail_rank", "inject_port
               "progress_every_s", "slots_wait_s",
               "barrier_timeout_s", "overwrite", "checkpoint_every_steps", "keep_checkpoints", "reader_workers",
               "decode_threads", "eval_every_epochs", "network_interface", "bind_tf_to_host", "track", "tracking_uri",
-              "experiment", "stop_at_epoch", "divergence_check_steps"}
+              "experiment", "stop_at_epoch", "divergence_check_steps", "cpus_per_worker"}
 
 
 def make_run_plan(cfg: TrainConfig) -> RunPlan:
@@ -53,9 +53,10 @@ def make_run_plan(cfg: TrainConfig) -> RunPlan:
         raise DatasetError(f"export='best' keeps the epoch with the best {cfg.best_metric}, but {cfg.data} has no "
                            "validation split. Fix: --set export=last, or partition a dataset with validation images.")
     total = steps_for(cfg.epochs, train.steps_per_epoch)
+    manifest = json.loads(fs.read_text(manifest_uri))
     plan = RunPlan(num_classes=len(labels), image_size=image_size, eval_resize=eval_resize, mean=info.mean,
                    std=info.std, train=train, validation=validation, steps_per_epoch=train.steps_per_epoch,
-                   total_steps=total)
+                   total_steps=total, resize_short=manifest.get("config", {}).get("resize_short"))
     log.info("plan: %d classes, %d train images -> %d workers x %d per step, %d steps/epoch, %d steps total; "
              "peak lr %.4g (base %.4g x %d/256); validation %s", plan.num_classes, train.total_rows, cfg.workers,
              cfg.per_worker_batch, train.steps_per_epoch, total, cfg.learning_rate, cfg.base_lr,
