@@ -292,9 +292,24 @@ class PartitionConfig:
 BACKENDS = ("off", "mirrored", "mwms", "horovod")
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# The train transform's presets (data/augment.py PRESETS): imagenet = Inception crop + flip (the default), light =
+# a milder crop for small or centred images, none = the eval transform. Spelled once here; fields use the alias.
+AugmentPreset = typing.Literal["imagenet", "light", "none"]
+# Warmup is at most this fraction of the run (train/schedules.py effective_warmup_epochs): every preset's warmup
+# is within it, and any positive --epochs works with the default 5 warmup epochs.
+WARMUP_MAX_FRACTION = 1.0 / 3.0
 EXPORTS = ("last", "best")
 # Validation metrics an epoch records, and whether larger is better (the search and --export best use them).
 VAL_METRICS = {"val_top1": True, "val_top5": True, "val_loss": False}
+
+
+def _check_range(setting: str, value: tuple[float, ...] | None, *, low: float, high: float, fix: str) -> None:
+    """A ``[min, max]`` setting: two numbers, ``low < min <= max <= high``; None (unset) passes."""
+    if value is None:
+        return
+    if len(value) != 2 or not low < value[0] <= value[1] <= high:
+        upper = "" if math.isinf(high) else f" <= {high:g}"
+        raise ConfigError(setting, value, f"must be two numbers min,max with {low:g} < min <= max{upper}.", fix)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -324,7 +339,9 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
+    # Linear warmup of min(warmup_epochs, warmup_max_fraction x epochs) epochs (logged when clamped).
     warmup_epochs: float = 5.0
+    warmup_max_fraction: float = WARMUP_MAX_FRACTION
     schedule: str = "cosine"
     # step schedule: multiply the rate by step_factor at each of these epochs
     step_epochs: tuple[float, ...] = (30.0, 60.0, 80.0)
@@ -348,6 +365,16 @@ class TrainConfig:
     # --- input pipeline
     seed: int = 0
     shuffle_buffer: int = 4096
+    # Train transform (data/augment.py; README "Training recipes"): a preset, then explicit overrides of it.
+    # crop_area / crop_aspect: [min, max] of the random crop's share of the image area and of its aspect ratio;
+    # flip_prob: chance of a horizontal flip; None keeps the preset's. randaugment_layers N > 0 adds RandAugment
+    # (N ops per image at magnitude 0..10; Cubuk et al. 2020 use N=2, M=9 for ImageNet ResNet-50).
+    augment: AugmentPreset = "imagenet"
+    crop_area: typing.Optional[tuple[float, float]] = None
+    crop_aspect: typing.Optional[tuple[float, float]] = None
+    flip_prob: typing.Optional[float] = None
+    randaugment_layers: int = 0
+    randaugment_magnitude: float = 9.0
     # Petastorm reader threads per worker. 1 keeps the row order exactly reproducible for a seed: with more,
     # petastorm's round robin skips a worker whose next row group is not ventilated yet, so under load the
     # order depends on timing. One thread reads ~20k rows/s here, far above what decoding consumes; raise it
@@ -444,9 +471,8 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("label_smoothing", self.label_smoothing, "must be in [0, 1).")
         self._validate_mix_and_ema()
-        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
-            raise ConfigError("warmup_epochs", self.warmup_epochs, f"must be in [0, epochs={self.epochs}).",
-                              f"pass --set warmup_epochs={min(5.0, self.epochs / 2):g} (or 0).")
+        self._validate_warmup()
+        self._validate_augment()
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError("image_size", self.image_size, "must be at least 16 pixels.")
         if self.max_retries < 0:
@@ -478,6 +504,37 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise ConfigError("ema_decay", self.ema_decay, "must be in [0, 1) (0 = off).",
                               "pass --set ema_decay=0.9999 (long runs) or 0.999 (short ones), or 0.")
+
+    def _validate_warmup(self) -> None:
+        if self.warmup_epochs < 0:
+            raise ConfigError("warmup_epochs", self.warmup_epochs, "must be 0 (no warmup) or more.", "pass 0 or 5.")
+        if not 0 <= self.warmup_max_fraction < 1:
+            raise ConfigError("warmup_max_fraction", self.warmup_max_fraction,
+                              "must be in [0, 1): the share of the run warmup may take at most.",
+                              f"pass {WARMUP_MAX_FRACTION:.3g}.")
+
+    def _validate_augment(self) -> None:
+        """The augmentation settings, checked here so a bad value fails on the driver, before Spark starts."""
+        from imagenet_spark.data.randaugment import MAX_LAYERS, MAX_MAGNITUDE
+
+        if self.augment not in typing.get_args(AugmentPreset):
+            raise ConfigError("augment", self.augment, f"must be one of {', '.join(typing.get_args(AugmentPreset))}.")
+        _check_range("crop_area", self.crop_area, low=0.0, high=1.0, fix="pass two fractions, e.g. 0.08,1.")
+        _check_range("crop_aspect", self.crop_aspect, low=0.0, high=math.inf, fix="pass e.g. 0.75,1.3333.")
+        if self.flip_prob is not None and not 0 <= self.flip_prob <= 1:
+            raise ConfigError("flip_prob", self.flip_prob, "must be a probability in [0, 1].", "pass 0.5 or 0.")
+        if not 0 <= self.randaugment_layers <= MAX_LAYERS:
+            raise ConfigError("randaugment_layers", self.randaugment_layers,
+                              f"must be 0 (off) to {MAX_LAYERS} ops per image.", "pass 2 (Cubuk et al.) or 0.")
+        if not 0 <= self.randaugment_magnitude <= MAX_MAGNITUDE:
+            raise ConfigError("randaugment_magnitude", self.randaugment_magnitude,
+                              f"must be in [0, {MAX_MAGNITUDE:g}] (10: the end of each op's range).", "pass 9.")
+        if self.augment == "none":
+            for name in ("crop_area", "crop_aspect", "flip_prob", "randaugment_layers"):
+                if getattr(self, name):
+                    raise ConfigError(name, getattr(self, name), "augment=none trains on the eval transform "
+                                      "(the centre crop, nothing random), so this setting has nothing to act on.",
+                                      "use --set augment=light (or imagenet) with it, or drop it.")
 
     @property
     def per_worker_batch(self) -> int:

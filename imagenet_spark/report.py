@@ -332,6 +332,8 @@ def plot_learning_rate(record: RunRecord) -> "Figure":
         peak = float(cfg["base_lr"]) * float(cfg["global_batch_size"]) / 256
         schedule = make_schedule(peak_lr=peak, steps_per_epoch=spe, epochs=float(cfg["epochs"]),
                                  warmup_epochs=float(cfg.get("warmup_epochs", 0.0)), kind=str(cfg.get("schedule")),
+                                 # runs from before the setting: warmup had to be shorter than the run, no clamp
+                                 warmup_max_fraction=float(cfg.get("warmup_max_fraction", 1.0)),
                                  step_epochs=tuple(cfg.get("step_epochs") or ()),
                                  step_factor=float(cfg.get("step_factor", 0.1)))
         stride = max(1, schedule.total_steps // 2000)
@@ -339,7 +341,7 @@ def plot_learning_rate(record: RunRecord) -> "Figure":
         ax.plot([s / spe for s in steps], [schedule(s) for s in steps], "-", color="C0",
                 label=f"schedule per step ({spe} steps/epoch)")
         title = (f"Learning rate: {schedule.kind}, peak {peak:.4g} (base_lr {float(cfg['base_lr']):g} x "
-                 f"{cfg['global_batch_size']}/256), warmup {float(cfg.get('warmup_epochs', 0)):g} epoch(s)")
+                 f"{cfg['global_batch_size']}/256), warmup {schedule.warmup_steps / spe:g} epoch(s)")
         ax.secondary_xaxis("top", functions=(lambda e: e * spe, lambda s: s / spe)).set_xlabel("step")
     logged = [((float(r["global_step"]) - 1) / spe if spe and isinstance(r.get("global_step"), (int, float))
                else float(r["epoch"]), float(r["learning_rate"]))

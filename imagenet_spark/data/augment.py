@@ -5,9 +5,13 @@ Why on bytes and in TF: decoding is the most expensive step of the input pipelin
 training is on average a fraction of the image. Everything here runs inside tf.data map functions (and,
 for eval, inside the exported serving signature), so it parallelises across cores and never holds the GIL.
 
-Train: Inception-style random-resized crop (area 8%-100%, aspect 3/4-4/3), resize to ``image_size``,
-random horizontal flip. Eval: resize the short side to ``eval_resize`` and take the centre
-``image_size`` crop (224 of 256), done as one centre decode-and-crop plus one resize.
+Train: what an :class:`AugmentSpec` says, resolved on the driver from the config (:func:`augment_spec`); the
+default preset, ``imagenet``, is the Inception-style random-resized crop (area 8%-100%, aspect 3/4-4/3;
+Szegedy et al. 2015) resized to ``image_size`` and a horizontal flip; RandAugment (``randaugment.py``) can
+follow on the uint8 crop; ``none`` is the eval transform. Eval: resize the short side to ``eval_resize`` and take the centre
+``image_size`` crop (224 of 256), done as one centre decode-and-crop plus one antialiased resize. The serving
+signature first brings an original image to the dataset's size as the partition job did, then applies the
+same eval transform (train/serve parity: tests/test_parity.py).
 Both end with per-channel normalisation by the model's mean/std.
 
 TensorFlow is imported inside the functions: the driver imports this package without loading TF.
@@ -15,10 +19,80 @@ TensorFlow is imported inside the functions: the driver imports this package wit
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+import typing
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from imagenet_spark.config import AugmentPreset
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from imagenet_spark.config import TrainConfig
 
 AREA_RANGE = (0.08, 1.0)
 ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
+Crop = typing.Literal["random", "centre"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSpec:
+    """The train transform as plain values: resolved once on the driver, carried to every worker in the run plan.
+
+    ``crop="random"``: random-resized crop with ``area_range`` (share of the image area) and ``aspect_range``
+    (width/height), then a flip with ``flip_prob``; ``crop="centre"``: the eval transform (short side to
+    ``eval_resize``, centre crop), nothing random. ``randaugment_layers`` > 0 adds RandAugment on the crop.
+    """
+
+    preset: AugmentPreset = "imagenet"
+    crop: Crop = "random"
+    area_range: tuple[float, float] = AREA_RANGE
+    aspect_range: tuple[float, float] = ASPECT_RANGE
+    flip_prob: float = 0.5
+    randaugment_layers: int = 0
+    randaugment_magnitude: float = 9.0
+    eval_resize: int = 0  # used by crop="centre" only
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "AugmentSpec":
+        """Rebuild from ``dataclasses.asdict`` output after JSON (lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def describe(self) -> str:
+        """One line for the logs."""
+        if self.crop == "centre":
+            what = f"centre crop (the eval transform, short side {self.eval_resize})"
+        else:
+            what = (f"random-resized crop area {self.area_range[0]:g}-{self.area_range[1]:g}, aspect "
+                    f"{self.aspect_range[0]:.3g}-{self.aspect_range[1]:.3g}, flip {self.flip_prob:g}")
+        extra = (f", RandAugment N={self.randaugment_layers} M={self.randaugment_magnitude:g}"
+                 if self.randaugment_layers else "")
+        return f"augment={self.preset}: {what}{extra}"
+
+
+# The presets (README "Training recipes"). light: the crops of the two standard recipes for small images, taken
+# as one range: BiT's HyperRule (Kolesnikov et al. 2020) takes 128-px crops of images resized to 160 (64% of the
+# area, square), CIFAR ResNets (He et al. 2016) a 32-px crop of the 4-px-padded image (77-100% of the content,
+# aspect 7/8-8/7); both flip. Small or centred objects survive it, where the Inception crop's 8% often cuts
+# them out.
+PRESETS: Mapping[str, AugmentSpec] = MappingProxyType({
+    "imagenet": AugmentSpec(preset="imagenet"),
+    "light": AugmentSpec(preset="light", area_range=(0.64, 1.0), aspect_range=(7.0 / 8.0, 8.0 / 7.0)),
+    "none": AugmentSpec(preset="none", crop="centre", flip_prob=0.0),
+})
+
+
+def augment_spec(cfg: TrainConfig, *, eval_resize: int) -> AugmentSpec:
+    """The config's preset with its explicit overrides applied (``cfg`` already validated)."""
+    spec = PRESETS[cfg.augment]
+    return dataclasses.replace(
+        spec,
+        area_range=tuple(cfg.crop_area or spec.area_range),
+        aspect_range=tuple(cfg.crop_aspect or spec.aspect_range),
+        flip_prob=spec.flip_prob if cfg.flip_prob is None else cfg.flip_prob,
+        randaugment_layers=cfg.randaugment_layers,
+        randaugment_magnitude=cfg.randaugment_magnitude,
+        eval_resize=eval_resize,
+    )
 
 
 def normalize(image: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
@@ -40,7 +114,8 @@ def normalize(image: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
     return image * tf.constant(scale) + tf.constant(offset)
 
 
-def random_crop_window(image_bytes: Any, seed: Any = None) -> Any:
+def random_crop_window(image_bytes: Any, seed: Any = None, *, area_range: Sequence[float] = AREA_RANGE,
+                       aspect_range: Sequence[float] = ASPECT_RANGE) -> Any:
     """[y, x, h, w] of an Inception-style random crop, from the JPEG header alone; whole image as fallback."""
     import tensorflow as tf
 
@@ -49,8 +124,8 @@ def random_crop_window(image_bytes: Any, seed: Any = None) -> Any:
     kwargs: dict[str, Any] = dict(
         bounding_boxes=bbox,
         min_object_covered=0.1,
-        aspect_ratio_range=ASPECT_RANGE,
-        area_range=AREA_RANGE,
+        aspect_ratio_range=tuple(aspect_range),
+        area_range=tuple(area_range),
         max_attempts=10,
         use_image_if_no_bounding_boxes=True,
     )
@@ -63,27 +138,51 @@ def random_crop_window(image_bytes: Any, seed: Any = None) -> Any:
     return tf.stack([y, x, h, w])
 
 
-def preprocess_train(image_bytes: Any, *, image_size: int, mean: Sequence[float], std: Sequence[float],
-                     seed: Any = None) -> Any:
-    """Random-resized crop (decoding only the crop) + flip + normalise → float32 [S, S, 3].
+def _flip(image: Any, prob: float, seed: Any) -> Any:
+    """Horizontal flip with probability ``prob``: the draw ``tf.image.stateless_random_flip_left_right`` makes
+    (one uniform in [0, 1) compared with the probability), so at 0.5 the stream is the one it gave before."""
+    import tensorflow as tf
 
-    ``seed`` (a shape-[2] int tensor) makes the crop and flip reproducible (stateless ops); None uses TF's
-    global seed state.
+    if prob <= 0:
+        return image
+    if seed is not None:
+        draw = tf.random.stateless_uniform([], seed=seed, minval=0, maxval=1.0)
+    else:
+        draw = tf.random.uniform([], minval=0, maxval=1.0)
+    return tf.cond(draw < prob, lambda: tf.image.flip_left_right(image), lambda: image)
+
+
+def preprocess_train(image_bytes: Any, *, image_size: int, mean: Sequence[float], std: Sequence[float],
+                     seed: Any = None, spec: AugmentSpec = PRESETS["imagenet"]) -> Any:
+    """The train transform ``spec`` describes → float32 [S, S, 3]: random-resized crop (decoding only the crop),
+    flip, optional RandAugment on the uint8 crop, normalise; for ``crop="centre"``, :func:`preprocess_eval`.
+
+    ``seed`` (a shape-[2] int tensor) makes every draw reproducible (stateless ops): the crop uses it as it is,
+    the flip ``[seed[0], seed[1] + 1]`` (as before RandAugment existed), RandAugment a seed split from it; None
+    uses TF's global seed state.
     """
     import tensorflow as tf
 
-    crop_seed = flip_seed = None
+    if spec.crop == "centre":
+        return preprocess_eval(image_bytes, image_size=image_size, eval_resize=spec.eval_resize, mean=mean, std=std)
+    crop_seed = flip_seed = augment_seed = None
     if seed is not None:
         crop_seed = seed
         flip_seed = tf.stack([seed[0], seed[1] + 1])
-    window = random_crop_window(image_bytes, crop_seed)
+        augment_seed = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=1)[0]
+    window = random_crop_window(image_bytes, crop_seed, area_range=spec.area_range, aspect_range=spec.aspect_range)
     image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3, dct_method="INTEGER_FAST")
     image = tf.image.resize(image, [image_size, image_size], method="bilinear")
-    if flip_seed is not None:
-        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-    else:
-        image = tf.image.random_flip_left_right(image)
+    image = _flip(image, spec.flip_prob, flip_seed)
     image = tf.ensure_shape(image, [image_size, image_size, 3])
+    if spec.randaugment_layers:
+        from imagenet_spark.data.randaugment import randaugment
+
+        if augment_seed is None:
+            augment_seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
+        image = randaugment(tf.saturate_cast(tf.round(image), tf.uint8), layers=spec.randaugment_layers,
+                            magnitude=spec.randaugment_magnitude, seed=augment_seed)
+        image = tf.cast(image, tf.float32)
     return normalize(image, mean, std)
 
 

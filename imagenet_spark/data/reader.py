@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from imagenet_spark.data import fs
-from imagenet_spark.data.augment import preprocess_eval, preprocess_train
+from imagenet_spark.data.augment import AugmentSpec, augment_spec, preprocess_eval, preprocess_train
 from imagenet_spark.data.mix import MixSettings, mix_batches
 from imagenet_spark.data.schema import PARTITION_COLUMN, DatasetError, read_row_group_rows, read_row_groups_per_file
 from imagenet_spark.data.sharding import ShardPlan, assign_synsets, plan_shards, plan_synset_shards
@@ -386,7 +386,8 @@ def _petastorm_reader(uri: str, cfg: TrainConfig, ctx: WorkerContext, seed: int,
 
 
 def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan: ShardPlan, num_classes: int,
-                       image_size: int, mean: Sequence[float], std: Sequence[float], seed: int) -> TrainInput:
+                       image_size: int, mean: Sequence[float], std: Sequence[float], seed: int,
+                       augment: AugmentSpec | None = None) -> TrainInput:
     """Worker ``ctx.rank``'s infinite training stream, with its reader (see :class:`TrainInput`).
 
     Elements: ``(images float32 [b, S, S, 3], labels one-hot float32 [b, num_classes])``, ``b =
@@ -400,10 +401,15 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
     from it, and workers mix in their rank so their augmentations differ. Petastorm shuffles the row-group
     order once per reader (later epochs repeat it); the shuffle buffer mixes rows across row groups. Pass a
     different seed on a restart (e.g. ``cfg.seed + attempt``) to avoid replaying the first epoch's order.
+
+    ``augment``: the train transform the driver resolved (``RunPlan.augment``); None resolves it here from
+    ``cfg`` with the eval short side ``image_size / 0.875`` (for callers without a run plan).
     """
     import tensorflow as tf
 
     _check_plan(plan, ctx)
+    if augment is None:
+        augment = augment_spec(cfg, eval_resize=max(image_size, round(image_size / 0.875)))
     groups = row_groups(data, plan.split)
     uri = split_uri(data, plan.split)
     shard: dict[str, Any]
@@ -438,9 +444,10 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
 
         def transform(index: Any, row: Any) -> tuple[Any, Any]:
             # Two seeds per element ([key, 2i] for the crop, [key, 2i+1] for the flip inside preprocess_train),
-            # so no element's flip shares a seed with its neighbour's crop.
+            # so no element's flip shares a seed with its neighbour's crop; RandAugment's are split from the first.
             element_seed = tf.stack([augment_key, index * 2])
-            image = preprocess_train(row[0], image_size=image_size, mean=mean, std=std, seed=element_seed)
+            image = preprocess_train(row[0], image_size=image_size, mean=mean, std=std, seed=element_seed,
+                                     spec=augment)
             return image, tf.one_hot(row[1], num_classes, dtype=tf.float32)
 
         ds = tf.data.Dataset.from_generator(_row_group_source(reader), output_signature=(
@@ -457,20 +464,21 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
         _close_reader(reader)
         raise
     finalizer = weakref.finalize(ds, _close_reader, reader)
-    log.info("worker %d/%d trains on %s of %s: %d images, %d steps of %d per epoch", ctx.rank, ctx.size, shard_desc,
-             uri, my_rows, plan.steps_per_epoch, batch)
+    log.info("worker %d/%d trains on %s of %s: %d images, %d steps of %d per epoch; %s", ctx.rank, ctx.size,
+             shard_desc, uri, my_rows, plan.steps_per_epoch, batch, augment.describe())
     return TrainInput(dataset=ds, reader=reader, plan=plan, _finalizer=finalizer)
 
 
 def train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan: ShardPlan, num_classes: int,
-                  image_size: int, mean: Sequence[float], std: Sequence[float], seed: int) -> "tf.data.Dataset":
+                  image_size: int, mean: Sequence[float], std: Sequence[float], seed: int,
+                  augment: AugmentSpec | None = None) -> "tf.data.Dataset":
     """The infinite training stream alone (see :func:`open_train_dataset` for elements and reproducibility).
 
     Lifetime: the petastorm reader lives as long as the returned dataset; it is stopped when the dataset is
     garbage collected, or at interpreter exit. Use :func:`open_train_dataset` to stop it at a point you choose.
     """
     return open_train_dataset(data=data, cfg=cfg, ctx=ctx, plan=plan, num_classes=num_classes,
-                              image_size=image_size, mean=mean, std=std, seed=seed).dataset
+                              image_size=image_size, mean=mean, std=std, seed=seed, augment=augment).dataset
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any, Callable
 from imagenet_spark import jsonio
 from imagenet_spark.config import VAL_METRICS, TrainConfig
 from imagenet_spark.data import fs
+from imagenet_spark.data.augment import AugmentSpec
 from imagenet_spark.data.sharding import ShardPlan
 from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.errors import ImagenetSparkError
@@ -95,6 +96,8 @@ class RunPlan:
     # The dataset's short side (manifest config.resize_short; None: original sizes): the export's signature
     # resizes original images to it before the eval crop, as the partition job did (train/serve parity).
     resize_short: int | None = None
+    # The train transform (data/augment.py), resolved from the config on the driver; None: the default preset.
+    augment: AugmentSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -110,6 +113,7 @@ class RunPlan:
             train=_shard_plan(d["train"]),
             validation=_shard_plan(val) if val else None,
             steps_per_epoch=d["steps_per_epoch"], total_steps=d["total_steps"], resize_short=d.get("resize_short"),
+            augment=AugmentSpec.from_dict(d["augment"]) if d.get("augment") else None,
         )
 
 
@@ -202,7 +206,8 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
                             f"split over the {backend.local_replicas} devices of each worker. Fix: make it a multiple "
                             f"of {cfg.workers * backend.local_replicas}.")
     schedule = make_schedule(peak_lr=cfg.learning_rate, steps_per_epoch=plan.steps_per_epoch, epochs=cfg.epochs,
-                             warmup_epochs=cfg.warmup_epochs, kind=cfg.schedule, step_epochs=cfg.step_epochs,
+                             warmup_epochs=cfg.warmup_epochs, warmup_max_fraction=cfg.warmup_max_fraction,
+                             kind=cfg.schedule, step_epochs=cfg.step_epochs,
                              step_factor=cfg.step_factor)
     with backend.scope():
         model = build(cfg.model, num_classes=plan.num_classes, image_size=plan.image_size, batch_norm=cfg.batch_norm,
@@ -292,7 +297,7 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
     seed = cfg.seed + 7919 * ctx.attempt + 104729 * global_step
     train_ds = backend.distribute(lambda: train_dataset(
         data=cfg.data, cfg=cfg, ctx=ctx, plan=plan.train, num_classes=plan.num_classes,
-        image_size=plan.image_size, mean=plan.mean, std=plan.std, seed=seed))
+        image_size=plan.image_size, mean=plan.mean, std=plan.std, seed=seed, augment=plan.augment))
     iterator = iter(train_ds)
     val_ds = None
     if plan.validation is not None:

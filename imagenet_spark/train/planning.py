@@ -14,10 +14,11 @@ from typing import Any
 from imagenet_spark import jsonio, ownership
 from imagenet_spark.config import TrainConfig, to_dict
 from imagenet_spark.data import fs
+from imagenet_spark.data.augment import augment_spec
 from imagenet_spark.data.schema import DatasetError
 from imagenet_spark.models import info as model_info
 from imagenet_spark.train.loop import CHECKPOINTS, LABELS, METRICS, SAVED_MODEL, TENSORBOARD, RunPlan
-from imagenet_spark.train.schedules import steps_for
+from imagenet_spark.train.schedules import effective_warmup_epochs, steps_for
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,14 @@ def make_run_plan(cfg: TrainConfig) -> RunPlan:
         raise DatasetError(f"export='best' keeps the epoch with the best {cfg.best_metric}, but {cfg.data} has no "
                            "validation split. Fix: --set export=last, or partition a dataset with validation images.")
     total = steps_for(cfg.epochs, train.steps_per_epoch)
+    augment = augment_spec(cfg, eval_resize=eval_resize)
     manifest = json.loads(fs.read_text(manifest_uri))
     plan = RunPlan(num_classes=len(labels), image_size=image_size, eval_resize=eval_resize, mean=info.mean,
                    std=info.std, train=train, validation=validation, steps_per_epoch=train.steps_per_epoch,
-                   total_steps=total, resize_short=manifest.get("config", {}).get("resize_short"))
+                   total_steps=total, resize_short=manifest.get("config", {}).get("resize_short"),
+                   augment=augment)
+    log.info("train transform: %s", augment.describe())
+    effective_warmup_epochs(cfg.warmup_epochs, cfg.epochs, cfg.warmup_max_fraction)  # logs a clamp on the driver
     log.info("plan: %d classes, %d train images -> %d workers x %d per step, %d steps/epoch, %d steps total; "
              "peak lr %.4g (base %.4g x %d/256); validation %s", plan.num_classes, train.total_rows, cfg.workers,
              cfg.per_worker_batch, train.steps_per_epoch, total, cfg.learning_rate, cfg.base_lr,

@@ -7,9 +7,12 @@ function, so what the driver logs is what the optimizer uses.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
 
 
 def steps_for(epochs: float, steps_per_epoch: int) -> int:
@@ -40,12 +43,32 @@ class Schedule:
         return self.peak_lr
 
 
+def effective_warmup_epochs(warmup_epochs: float, epochs: float, max_fraction: float) -> float:
+    """The warmup a run gets: ``min(warmup_epochs, max_fraction * epochs)``, logged when that clamps it.
+
+    Why a clamp and not a refusal: a recipe's warmup (Goyal et al. 2017: 5 epochs of a 90-epoch run) is written
+    for its full length; a shorter run of the same recipe (``--epochs 1`` for a try-out, a search's early rungs)
+    should still warm up, over a share of the run, rather than fail. ``max_fraction < 1`` keeps some of the run
+    after the warmup for the decay.
+    """
+    cap = max_fraction * epochs
+    if warmup_epochs > cap:
+        log.info("warmup: %g epoch(s) asked, %g used: at most warmup_max_fraction=%g of the %g-epoch run",
+                 warmup_epochs, cap, max_fraction, epochs)
+        return cap
+    return warmup_epochs
+
+
 def make_schedule(*, peak_lr: float, steps_per_epoch: int, epochs: float, warmup_epochs: float, kind: str,
-                  step_epochs: Sequence[float] = (), step_factor: float = 0.1) -> Schedule:
+                  warmup_max_fraction: float, step_epochs: Sequence[float] = (),
+                  step_factor: float = 0.1) -> Schedule:
+    """The run's schedule; warmup as :func:`effective_warmup_epochs` clamps it, and never all of the steps."""
+    total = steps_for(epochs, steps_per_epoch)
+    warmup = effective_warmup_epochs(warmup_epochs, epochs, warmup_max_fraction)
     return Schedule(
         peak_lr=peak_lr,
-        total_steps=steps_for(epochs, steps_per_epoch),
-        warmup_steps=int(round(warmup_epochs * steps_per_epoch)),
+        total_steps=total,
+        warmup_steps=min(int(round(warmup * steps_per_epoch)), total - 1),
         kind=kind,
         boundaries=tuple(int(round(e * steps_per_epoch)) for e in step_epochs),
         factor=step_factor,

@@ -1,0 +1,77 @@
+"""The learning-rate schedule: warmup that scales with the run (issue #11), and the Keras schedule the optimizer
+uses equal to the Python one the driver logs and the report plots."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from imagenet_spark.config import WARMUP_MAX_FRACTION, ConfigError, TrainConfig, resolve
+from imagenet_spark.train.schedules import Schedule, effective_warmup_epochs, make_schedule
+
+SPE = 40  # steps per epoch
+
+
+def _default_recipe(epochs: float) -> Schedule:
+    """The default recipe's schedule (warmup_epochs 5, cosine) for a run of ``epochs``."""
+    cfg = TrainConfig(data="/d", model_dir="/m", epochs=epochs)
+    cfg.validate()  # any positive --epochs is a valid run with the default warmup
+    return make_schedule(peak_lr=0.1, steps_per_epoch=SPE, epochs=epochs, warmup_epochs=cfg.warmup_epochs,
+                         warmup_max_fraction=cfg.warmup_max_fraction, kind="cosine")
+
+
+@pytest.mark.parametrize("epochs, warmup_epochs", [(0.5, 0.5 / 3), (1, 1 / 3), (5, 5 / 3), (90, 5.0)])
+def test_default_warmup_is_clamped_to_a_third_of_short_runs(epochs, warmup_epochs):
+    schedule = _default_recipe(epochs)
+    assert schedule.total_steps == round(epochs * SPE)
+    assert schedule.warmup_steps == round(warmup_epochs * SPE)
+    w = schedule.warmup_steps
+    rates = [schedule(s) for s in range(schedule.total_steps)]
+    assert all(0 < r <= 0.1 for r in rates[:-1])
+    assert rates[:w] == sorted(rates[:w]), "warmup rises"
+    assert rates[w - 1] == pytest.approx(0.1) and rates[w] == pytest.approx(0.1), "peak at the end of warmup"
+    assert rates[w:] == sorted(rates[w:], reverse=True), "then cosine decays"
+    assert schedule(schedule.total_steps) == pytest.approx(0.0, abs=1e-12), "and reaches 0 at the end of the run"
+
+
+def test_clamp_is_logged_and_a_short_warmup_is_kept(caplog):
+    with caplog.at_level(logging.INFO, logger="imagenet_spark.train.schedules"):
+        assert effective_warmup_epochs(5.0, 1.0, WARMUP_MAX_FRACTION) == pytest.approx(1 / 3)
+    assert "warmup: 5 epoch(s) asked, 0.333333 used" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="imagenet_spark.train.schedules"):
+        assert effective_warmup_epochs(1.0, 3.0, WARMUP_MAX_FRACTION) == 1.0  # the smoke presets: unchanged
+        assert effective_warmup_epochs(0.0, 0.5, WARMUP_MAX_FRACTION) == 0.0
+    assert not caplog.text
+
+
+def test_one_step_run_has_no_warmup_step():
+    schedule = make_schedule(peak_lr=0.2, steps_per_epoch=1, epochs=1, warmup_epochs=5, warmup_max_fraction=0.5,
+                             kind="cosine")
+    assert (schedule.total_steps, schedule.warmup_steps) == (1, 0)
+    assert schedule(0) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("overrides, setting", [(["warmup_epochs=-1"], "warmup_epochs"),
+                                                (["warmup_max_fraction=1"], "warmup_max_fraction"),
+                                                (["warmup_max_fraction=-0.1"], "warmup_max_fraction")])
+def test_bad_warmup_settings_are_refused(overrides, setting):
+    with pytest.raises(ConfigError) as info:
+        resolve(TrainConfig, overrides=overrides, explicit={"data": "/d", "model_dir": "/m"}).validate()
+    assert info.value.setting == setting and f"{setting}=" in str(info.value)
+
+
+@pytest.mark.parametrize("kind, warmup", [("cosine", 0.25), ("cosine", 0.0), ("step", 0.5), ("constant", 0.5)])
+def test_keras_schedule_equals_the_python_one(kind, warmup):
+    """What the optimizer uses (graph ops, float32) is what the driver logs and the report plots."""
+    tf = pytest.importorskip("tensorflow")
+    from imagenet_spark.train.schedules import keras_schedule
+
+    schedule = make_schedule(peak_lr=0.4, steps_per_epoch=10, epochs=3, warmup_epochs=warmup,
+                             warmup_max_fraction=WARMUP_MAX_FRACTION, kind=kind, step_epochs=(1, 2))
+    keras = keras_schedule(schedule)
+    w, total = schedule.warmup_steps, schedule.total_steps
+    steps = sorted({0, 1, max(w - 1, 0), w, w + 1, 9, 10, 11, 19, 20, total - 1, total, total + 5})
+    got = [float(keras(tf.constant(s, tf.int64))) for s in steps]
+    assert got == pytest.approx([schedule(s) for s in steps], rel=1e-5, abs=1e-7)
