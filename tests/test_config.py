@@ -39,7 +39,7 @@ def test_small_images_preset_resolves_through_its_base_chain():
     preset = REPO / "conf/train/small_images.yaml"
     cfg = resolve(TrainConfig, preset=preset, explicit={"data": "/ds", "model_dir": "/m"})
     cfg.validate()
-    assert (cfg.model, cfg.warmup_epochs, cfg.precision) == ("resnet18", 1.0, "float32")  # its own settings
+    assert (cfg.model, cfg.augment, cfg.flip_prob, cfg.warmup_epochs) == ("resnet18", "light", 0.0, 1.0)  # its own
     assert (cfg.schedule, cfg.momentum, cfg.bn_momentum) == ("cosine", 0.9, 0.9)  # from resnet50_imagenet.yaml
     assert "base: resnet18_imagenet.yaml" in preset.read_text()
     header = [line for line in preset.read_text().splitlines() if line.startswith("#")]
