@@ -20,6 +20,7 @@ from imagenet_spark.config import ConfigError, TrainConfig, resolve, to_dict
 from imagenet_spark.data.schema import DatasetError
 from imagenet_spark.distribute.cluster import LaunchError
 from imagenet_spark.spark.barrier import run_training
+from imagenet_spark.train.planning import prepare_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,9 +34,13 @@ def _train_cfg(data: Path, model_dir: Path, **kw) -> TrainConfig:
 
 @pytest.mark.slow
 @pytest.mark.both_stacks  # the end-to-end MWMS run `make test` repeats on the non-default stack
-def test_two_workers_train_export_and_predict(spark, dataset, tmp_path):
+def test_two_workers_train_export_and_predict(spark, dataset, tmp_path, capfd, caplog):
     model_dir = tmp_path / "m"
+    caplog.set_level(logging.INFO, logger="imagenet_spark")  # the workers log at the driver's level
     result = run_training(spark, _train_cfg(dataset, model_dir, epochs=6))
+    err = capfd.readouterr().err
+    for rank in (0, 1):  # each barrier task sized its worker from spark.task.cpus (1 in local[2,2])
+        assert f"rank {rank}: 1 CPUs (spark.task.cpus=1): intra-op 1, inter-op 1, tf.data 1" in err, err[-3000:]
     history = json.loads((model_dir / "metrics.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
     for record in history:
@@ -179,6 +184,14 @@ def test_misconfigurations_fail_fast_with_the_fix(spark, dataset, tmp_path):
     (run_dir / "config.json").write_text(json.dumps(to_dict(_train_cfg(dataset, run_dir, model="alexnet_tiny"))))
     with pytest.raises(DatasetError, match=r"holds a run with model='alexnet_tiny', not 'resnet_tiny'.*--overwrite"):
         run_training(spark, _train_cfg(dataset, run_dir))
+    # a run written before a setting existed ran with its default: it resumes unless the setting now differs
+    old_run = tmp_path / "old"
+    old_run.mkdir()
+    written = {k: v for k, v in to_dict(_train_cfg(dataset, old_run)).items() if k not in ("mixup_alpha", "ema_decay")}
+    (old_run / "config.json").write_text(json.dumps(written))
+    assert prepare_model_dir(_train_cfg(dataset, old_run)) == "resume"
+    with pytest.raises(DatasetError, match=r"holds a run with ema_decay=0.0, not 0.999"):
+        prepare_model_dir(_train_cfg(dataset, old_run, ema_decay=0.999))
 
 
 def _submit(args: list[str], tmp_path: Path, master: str = "local[2]", conf: tuple[str, ...] = ()) -> \
@@ -236,13 +249,17 @@ def test_recipe_switches_xla_bfloat16_step_schedule_on_alexnet(spark, dataset, t
 
 @pytest.mark.slow
 def test_spark_submit_local_mode_exits_after_barrier_training(dataset, tmp_path):
-    """Spark 3.5 leaves a non-daemon barrier timer thread in a local driver JVM; the job must still exit."""
+    """Spark 3.5 leaves a non-daemon barrier timer thread in a local driver JVM; the job must still exit.
+    Also the augmentation settings from the command line (light crop + RandAugment in the workers' map), and
+    --epochs 1 with the default 5-epoch warmup, clamped to a third of the run (issue #11)."""
     proc = _submit(["--data", str(dataset), "--model-dir", str(tmp_path / "m"), "--model", "resnet_tiny",
-                    "--workers", "2", "--epochs", "1", "--global-batch-size", "32", "--set", "warmup_epochs=0"],
-                   tmp_path)
+                    "--workers", "2", "--epochs", "1", "--global-batch-size", "32", "--set", "augment=light",
+                    "--set", "randaugment_layers=2", "--set", "randaugment_magnitude=9"], tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "training finished in 1 attempt(s)" in out
+    assert "augment=light: random-resized crop area 0.64-1, aspect 0.875-1.14, flip 0.5, RandAugment N=2 M=9" in out
+    assert "warmup: 5 epoch(s) asked, 0.333333 used" in out
 
 
 _EMA_SCRIPT = """

@@ -110,7 +110,8 @@ def prepare_model_dir(cfg: TrainConfig) -> str:
     mode = "new"
     current = to_dict(cfg)
     if has_state and fs.exists(config_uri):
-        previous: dict[str, Any] = json.loads(fs.read_text(config_uri))
+        # A setting added after the run was written is absent from its config.json: it ran with the default.
+        previous = {**to_dict(TrainConfig()), **json.loads(fs.read_text(config_uri))}
         changed = sorted(k for k in current if k not in _RESUMABLE and previous.get(k) != current[k]
                          and not (isinstance(current[k], tuple) and list(current[k]) == previous.get(k)))
         if changed:
