@@ -34,13 +34,9 @@ def _train_cfg(data: Path, model_dir: Path, **kw) -> TrainConfig:
 
 @pytest.mark.slow
 @pytest.mark.both_stacks  # the end-to-end MWMS run `make test` repeats on the non-default stack
-def test_two_workers_train_export_and_predict(spark, dataset, tmp_path, capfd, caplog):
+def test_two_workers_train_export_and_predict(spark, dataset, tmp_path):
     model_dir = tmp_path / "m"
-    caplog.set_level(logging.INFO, logger="imagenet_spark")  # the workers log at the driver's level
     result = run_training(spark, _train_cfg(dataset, model_dir, epochs=6))
-    err = capfd.readouterr().err
-    for rank in (0, 1):  # each barrier task sized its worker from spark.task.cpus (1 in local[2,2])
-        assert f"rank {rank}: 1 CPUs (spark.task.cpus=1): intra-op 1, inter-op 1, tf.data 1" in err, err[-3000:]
     history = json.loads((model_dir / "metrics.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
     for record in history:
