@@ -287,6 +287,7 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
     job on it is refused with the holder. A diverged run raises DivergedError, not retried."""
     from imagenet_spark.data import fs
 
+    log.info("launch timing: training call at %.3f", time.time())  # bench/launch.py reads these lines
     cfg = with_absolute_paths(cfg, "data", "model_dir")  # executors have another working directory
     check_model_dir(cfg)  # before any work: never write into (or --overwrite) the dataset or a stranger's dir
     existed = fs.exists(cfg.model_dir)
@@ -335,6 +336,7 @@ def _launch(spark: Any, cfg: TrainConfig, plan: RunPlan, *, on_driver: bool, lab
                     "has_gpu_resources": bool(spark.sparkContext.getConf().get("spark.task.resource.gpu.amount",
                                                                                 None))}
             started = time.monotonic()
+            log.info("launch timing: attempt %d launch clock at %.3f", attempt, time.time())
             state.pop("first_step_at", None)
             ckpt_before = _checkpoint_position(cfg, plan)
             try:

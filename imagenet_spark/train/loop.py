@@ -189,6 +189,7 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
     from imagenet_spark.distribute.backends import make_backend
     from imagenet_spark.distribute.threads import ThreadSizing, configure as configure_threads
 
+    log.info("launch timing: rank %d worker started at %.3f", ctx.rank, time.time())  # read by bench/launch.py
     log.info("%s", ThreadSizing(ctx.cpus, ctx.cpus_source).describe(ctx.rank, ctx.task_cpus))  # type: ignore[arg-type]
     if not configure_threads(ctx.cpus):  # before TensorFlow's runtime starts (the backend starts it)
         log.warning("rank %d: TensorFlow had already started: its thread pools keep their default size", ctx.rank)
@@ -198,6 +199,8 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
 
     from imagenet_spark.data.reader import eval_dataset, train_dataset
     from imagenet_spark.models import build
+
+    log.info("launch timing: rank %d backend ready at %.3f", ctx.rank, time.time())
 
     tf.keras.utils.set_random_seed(cfg.seed)
     per_worker = cfg.per_worker_batch
@@ -332,6 +335,7 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
             running_loss = _ratio(backend, sums["loss"], sums["count"])  # a collective: every rank reads it
             if first:
                 backend.after_first_step(average.broadcast_group(model) if average else model, optimizer)
+                log.info("launch timing: rank %d first step done at %.3f", ctx.rank, time.time())
                 first = False
             step += n
             steps_run += n
