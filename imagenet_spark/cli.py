@@ -24,13 +24,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
 
 
+def _int_or_none(value: str) -> int | str:
+    """An integer, or the word "none" kept as the string: the config layer turns it into None for an optional
+    setting, while a None here would read as "flag not given" and silently fall back to the default."""
+    return "none" if value.strip().lower() in ("none", "null") else int(value)
+
+
 def partition_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(
         prog="jobs/partition.py", description="Raw ImageNet (any layout) → Petastorm Parquet partitioned by synset.")
     parser.add_argument("--input", help="dataset root (path or URI: file:, hdfs:, s3a:, dbfs:)")
     parser.add_argument("--output", help="output dataset directory (path or URI)")
     parser.add_argument("--layout", choices=["auto", "ilsvrc", "tar", "kaggle", "folders", "csv"])
-    parser.add_argument("--resize-short", dest="resize_short", type=lambda v: None if v == "none" else int(v),
+    parser.add_argument("--resize-short", dest="resize_short", type=_int_or_none,
                         help="short side after resize (default 256; 'none' keeps the original)")
     parser.add_argument("--quality", type=int, help="JPEG quality (default 90)")
     parser.add_argument("--overwrite", action="store_true", default=None, help="replace an existing dataset")

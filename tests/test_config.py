@@ -84,3 +84,18 @@ def test_cli_fake_data_and_summary_errors(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert "no manifest.json: not a finished dataset" in proc.stderr and "Fix: run jobs/partition.py" in proc.stderr
+
+
+def test_resize_short_none_flag_keeps_originals():
+    """``--resize-short none`` must reach the config as None, not vanish as "flag not given" (default 256)."""
+    from imagenet_spark.cli import _PARTITION_FLAGS, _explicit, partition_parser
+
+    def resolved(*argv: str) -> PartitionConfig:
+        args = partition_parser().parse_args(["--input", "/in", "--output", "/out", *argv])
+        return resolve(PartitionConfig, explicit=_explicit(args, _PARTITION_FLAGS))
+
+    assert resolved("--resize-short", "none").resize_short is None
+    assert resolved("--resize-short", "128").resize_short == 128
+    assert resolved().resize_short == 256
+    with pytest.raises(SystemExit):
+        partition_parser().parse_args(["--resize-short", "big"])
