@@ -67,8 +67,10 @@ def _autocontrast(image: Any) -> Any:
     """Stretch each channel's [min, max] to [0, 255]; a flat channel is left as it is."""
     import tensorflow as tf
 
-    lo = tf.reduce_min(image, axis=[0, 1])
-    hi = tf.reduce_max(image, axis=[0, 1])
+    # Reduced as [3, H*W]: TF's CPU reduction over the leading axes with 3 innermost runs ~4x slower.
+    channels = tf.transpose(tf.reshape(image, [-1, 3]))
+    lo = tf.reduce_min(channels, axis=1)
+    hi = tf.reduce_max(channels, axis=1)
     span = hi - lo
     stretched = (image - lo) * (255.0 / tf.maximum(span, 1.0))
     return tf.where(span > 0, stretched, image)
@@ -97,13 +99,16 @@ def _equalize(image: Any) -> Any:
 
 
 def _transform(image: Any, matrix: Any) -> Any:
-    """Apply the projective transform ``matrix`` (8 floats, output pixel → input pixel) with a grey fill."""
+    """Apply the projective transform ``matrix`` (8 floats, output pixel → input pixel) with a grey fill.
+
+    Nearest-neighbour sampling, as the reference implementation (PIL's ``rotate``/``transform`` defaults):
+    measured here 1.6x faster than bilinear at 224 px, and the op's cost dominates RandAugment's."""
     import tensorflow as tf
 
     shape = tf.shape(image)
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=image[None], transforms=tf.reshape(tf.cast(matrix, tf.float32), [1, 8]),
-        output_shape=shape[:2], fill_value=_FILL, interpolation="BILINEAR", fill_mode="CONSTANT")
+        output_shape=shape[:2], fill_value=_FILL, interpolation="NEAREST", fill_mode="CONSTANT")
     return out[0]
 
 
