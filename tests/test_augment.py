@@ -12,13 +12,13 @@ import json
 
 import numpy as np
 import pytest
+import sklearn.datasets as sklearn_datasets  # both locks pin it: a missing one is a setup bug, not a skip
 from PIL import Image
 
 from imagenet_spark.config import ConfigError, TrainConfig, resolve
 from imagenet_spark.data.augment import PRESETS, AugmentSpec, augment_spec, preprocess_eval, preprocess_train
 
 tf = pytest.importorskip("tensorflow")
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 SIZE = 32
 UNIT = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # pixel units: outputs read as 8-bit levels
