@@ -56,8 +56,8 @@ def make_dataset(work: Path) -> Path:
     return work / "ds"
 
 
-def _command(mode: str, data: Path, model_dir: Path) -> list[str]:
-    job = [str(REPO / "jobs/train_barrier.py"), "--data", str(data), "--model-dir", str(model_dir), "--model",
+def _command(mode: str, data: Path, model_dir: Path, repo: Path) -> list[str]:
+    job = [str(repo / "jobs/train_barrier.py"), "--data", str(data), "--model-dir", str(model_dir), "--model",
            "resnet_tiny", "--workers", "2", "--backend", "mwms", "--epochs", "1", "--global-batch-size", "32",
            "--set", "warmup_epochs=0", "--set", "slots_wait_s=5"]
     if mode == "submit":
@@ -78,15 +78,23 @@ def phases(out: str, started: float) -> dict[str, float]:
         raise RuntimeError(f"no 'launch timing: {missing[0]}' line in the job's output:\n{out[-3000:]}")
     call, clock = marks["training call"][0], marks["launch clock"][-1]
     workers, backend, first = max(marks["worker started"]), max(marks["backend ready"]), max(marks["first step done"])
-    return dict(zip(PHASES, (call - started, clock - call, workers - clock, backend - workers, first - backend,
-                             first - started)))
+    result = dict(zip(PHASES, (call - started, clock - call, workers - clock, backend - workers, first - backend,
+                               first - started)))
+    if "model built" in marks and "input ready" in marks:  # the parts of "backend ready -> first step"
+        built, ready = max(marks["model built"]), max(marks["input ready"])
+        result.update({"  of which model built": built - backend, "  of which input ready": ready - built,
+                       "  of which trace + step 1": first - ready})
+    return result
 
 
-def run_once(mode: str, data: Path, model_dir: Path) -> dict[str, float]:
+def run_once(mode: str, data: Path, model_dir: Path, repo: Path = REPO) -> dict[str, float]:
+    """One whole job; ``repo``: the source tree to run (a baseline commit's worktree, first on PYTHONPATH, which
+    the Python workers and the training processes inherit)."""
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               PYTHONPATH=os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p))
     started = time.time()
-    proc = subprocess.run(_command(mode, data, model_dir), capture_output=True, text=True, env=env, timeout=600,
+    proc = subprocess.run(_command(mode, data, model_dir, repo), capture_output=True, text=True, env=env, timeout=600,
                           cwd=model_dir.parent)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -98,6 +106,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per mode (alternating)")
     parser.add_argument("--mode", choices=("submit", "python", "both"), default="both")
+    parser.add_argument("--baseline", metavar="COMMIT",
+                        help="also run this commit (a git worktree; it must have the 'launch timing:' lines, e.g. "
+                             "ebb2367), alternating with the working tree, and print the ratio")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -105,16 +116,34 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-launch-"))
     data = make_dataset(work)
     modes = ("submit", "python") if args.mode == "both" else (args.mode,)
-    results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
-    for i in range(args.runs):
-        for mode in modes:
-            result = run_once(mode, data, work / f"m-{mode}-{i}")
-            results[mode].append(result)
-            log.info("run %d %-6s %s", i + 1, mode, "  ".join(f"{k}: {v:.2f}" for k, v in result.items()))
+    trees = {"ours": REPO}
+    if args.baseline:
+        trees["baseline"] = work / "baseline"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(trees["baseline"]), args.baseline],
+                       check=True, capture_output=True)
+    results: dict[str, list[dict[str, float]]] = {f"{m} {t}": [] for m in modes for t in trees}
+    try:
+        for i in range(args.runs):
+            for mode in modes:
+                for tree, repo in trees.items():
+                    result = run_once(mode, data, work / f"m-{mode}-{tree}-{i}", repo)
+                    results[f"{mode} {tree}"].append(result)
+                    log.info("run %d %-6s %-8s %s", i + 1, mode, tree,
+                             "  ".join(f"{k.strip()}: {v:.2f}" for k, v in result.items()))
+    finally:
+        if args.baseline:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(trees["baseline"])],
+                           capture_output=True)
+    for mode in modes:
+        if args.baseline:
+            ours, base = (statistics.median(r["start -> first step"] for r in results[f"{mode} {t}"])
+                          for t in ("ours", "baseline"))
+            log.info("%s: start -> first step, median: ours %.2f s, baseline %s %.2f s, ratio %.2f", mode, ours,
+                     args.baseline, base, ours / base)
     for mode, runs in results.items():
-        med = {k: statistics.median(r[k] for r in runs) for k in PHASES}
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         log.info("median of %d, %s --master local[2], resnet_tiny, 2 MWMS workers:", len(runs), mode)
-        for k in PHASES:
+        for k in med:
             log.info("  %-34s %6.2f s", k, med[k])
         log.info("  ratio to the goal (10 s): %.2f; to the peer's 11-16 s (issue #13, not rerun here): %.2f",
                  med["start -> first step"] / 10.0, med["start -> first step"] / 13.5)

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from typing import Any, Iterator
 
@@ -267,6 +268,16 @@ def _progress_logger(state: dict[str, Any], tracker: Tracker, prefix: str = "") 
     return on_message
 
 
+def _start_tracking(tracker: Tracker, cfg: TrainConfig) -> threading.Thread:
+    """Open the MLflow run in a thread, so the launch does not wait for it: importing MLflow and creating the run
+    took ~2.5 s of the driver's critical path (bench/launch.py), and nothing in the launch needs the run. Safe
+    because the Tracker is thread-safe and never raises (a failure is a warning), epochs that arrive before the
+    run is open are back-filled by ``finish``, and the caller joins the thread before ``finish``/``close``."""
+    thread = threading.Thread(target=tracker.start, args=(cfg,), name="imagenet-spark-tracking-start", daemon=True)
+    thread.start()
+    return thread
+
+
 def _checkpoint_position(cfg: TrainConfig, plan: RunPlan) -> int:
     """Global step of the newest checkpoint (0 when none), from the checkpoint file names."""
     from imagenet_spark.data import fs
@@ -321,72 +332,16 @@ def _launch(spark: Any, cfg: TrainConfig, plan: RunPlan, *, on_driver: bool, lab
             inject_port_conflict_rank: int | None) -> dict[str, Any]:
     """The attempts: launch, and relaunch after a failure a retry can fix (from the newest checkpoint)."""
     state: dict[str, Any] = {}
-    attempts: list[dict[str, Any]] = []
-    failures = port_conflicts = 0
-    attempt = 0
     tracker = Tracker(uri=cfg.tracking_uri, experiment=cfg.experiment, enabled=cfg.track)
     with tracker, ProgressServer(_driver_host(spark), _progress_logger(state, tracker, f"{label}: " if label else "")) \
             as progress:
-        tracker.start(cfg)
-        while True:
-            spec = {"config": to_dict(cfg), "plan": plan.to_dict(), "attempt": attempt,
-                    "progress": progress.endpoint(), "log_level": logging.getLevelName(log.getEffectiveLevel()),
-                    "inject_port_conflict_rank": inject_port_conflict_rank if inject_port_conflict_rank is not None
-                    else cfg.inject_port_conflict_rank,
-                    "has_gpu_resources": bool(spark.sparkContext.getConf().get("spark.task.resource.gpu.amount",
-                                                                                None))}
-            started = time.monotonic()
-            log.info("launch timing: attempt %d launch clock at %.3f", attempt, time.time())
-            state.pop("first_step_at", None)
-            ckpt_before = _checkpoint_position(cfg, plan)
-            try:
-                if on_driver:
-                    sizing = size_threads(cfg.cpus_per_worker, task_cpus=None, gpus=0, host=host_cpus(), local_size=1)
-                    wctx = WorkerContext(attempt=attempt, cpus=sizing.cpus, cpus_source=sizing.source)
-                    result = run_worker_process({**spec, "ctx": wctx.to_dict()}, env={}, rank=0)
-                else:
-                    outputs = run_barrier(spark, cfg.workers, lambda it: _barrier_task(spec, it),
-                                          description=f"imagenet-spark train {cfg.model} attempt {attempt}"
-                                                      + (f" ({label})" if label else ""))
-                    result = json.loads(outputs[0])
-                first = state.get("first_step_at")
-                failure = result.get("failure")  # a structured failure no retry can fix (e.g. "diverged")
-                attempts.append({"attempt": attempt, "status": failure["kind"] if failure else "ok",
-                                 "seconds": round(time.monotonic() - started, 1),
-                                 "launch_to_first_step_s": round(first - started, 2) if first else None})
-                if failure:
-                    raise failure_error(failure)  # not retried: the checkpoint would diverge again
-                break
-            except (SparkJobError, LaunchError) as exc:
-                text = str(exc)
-                reached = int(state.get("last", {}).get("global_step", ckpt_before))
-                ckpt_after = _checkpoint_position(cfg, plan)
-                record = {"attempt": attempt, "status": "failed", "seconds": round(time.monotonic() - started, 1),
-                          "error": text.splitlines()[0][:300], "resume_from_step": ckpt_after,
-                          "last_reported_step": reached, "steps_redone_at_least": max(0, reached - ckpt_after)}
-                attempts.append(record)
-                if "PortConflictError" in text or "taken before it could bind" in text:
-                    port_conflicts += 1
-                    if port_conflicts > _PORT_CONFLICT_RETRIES:
-                        raise TrainingFailedError(f"ports kept being taken between exchange and bind "
-                                                  f"({port_conflicts} times): {text.splitlines()[0]}") from exc
-                    log.warning("attempt %d: a worker's port was taken before TensorFlow bound it; relaunching with "
-                                "fresh ports (not counted against max_retries)", attempt)
-                elif "BackendError" in text:  # e.g. Horovod missing: retrying cannot help
-                    raise TrainingFailedError(f"the {cfg.backend} backend cannot start: "
-                                              f"{text.splitlines()[0][:500]}") from exc
-                else:
-                    failures += 1
-                    if failures > cfg.max_retries:
-                        raise TrainingFailedError(
-                            f"training failed {failures} times (max_retries={cfg.max_retries}); last error: "
-                            f"{text.splitlines()[0][:500]}. Checkpoints are in {cfg.model_dir}/checkpoints: rerun "
-                            "the same command to resume.") from exc
-                    log.warning("attempt %d failed after %.0f s: %s; retry %d/%d resumes from the checkpoint at "
-                                "step %d (last progress report: step %d)", attempt, record["seconds"],
-                                record["error"], failures, cfg.max_retries, ckpt_after, reached)
-                attempt += 1
-        result["attempts"] = attempts
+        tracking_started = _start_tracking(tracker, cfg)
+        try:
+            result = _attempts(spark, cfg, plan, on_driver=on_driver, label=label, progress=progress, state=state,
+                               inject_port_conflict_rank=inject_port_conflict_rank)
+        finally:
+            tracking_started.join()  # before finish, or the tracker's close on the way out
+        attempts = result["attempts"]
         result["history"] = read_metrics(cfg.model_dir)
         tracker.finish(result, model_dir=cfg.model_dir)
     done = f"paused after epoch {result['stopped_at_epoch']} (stop_at_epoch)" if result.get("stopped_at_epoch") \
@@ -394,4 +349,73 @@ def _launch(spark: Any, cfg: TrainConfig, plan: RunPlan, *, on_driver: bool, lab
     log.info("%straining %s in %d attempt(s); launch to first step %s s; last epoch: %s",
              f"{label}: " if label else "", done, len(attempts), attempts[-1].get("launch_to_first_step_s"),
              json.dumps(result.get("metrics", {})))
+    return result
+
+
+def _attempts(spark: Any, cfg: TrainConfig, plan: RunPlan, *, on_driver: bool, label: str | None, progress: Any,
+              state: dict[str, Any], inject_port_conflict_rank: int | None) -> dict[str, Any]:
+    """Launch, and relaunch after a failure a retry can fix (from the newest checkpoint); the chief's result
+    with the attempts' records under "attempts"."""
+    attempts: list[dict[str, Any]] = []
+    failures = port_conflicts = 0
+    attempt = 0
+    while True:
+        spec = {"config": to_dict(cfg), "plan": plan.to_dict(), "attempt": attempt,
+                "progress": progress.endpoint(), "log_level": logging.getLevelName(log.getEffectiveLevel()),
+                "inject_port_conflict_rank": inject_port_conflict_rank if inject_port_conflict_rank is not None
+                else cfg.inject_port_conflict_rank,
+                "has_gpu_resources": bool(spark.sparkContext.getConf().get("spark.task.resource.gpu.amount",
+                                                                            None))}
+        started = time.monotonic()
+        log.info("launch timing: attempt %d launch clock at %.3f", attempt, time.time())
+        state.pop("first_step_at", None)
+        ckpt_before = _checkpoint_position(cfg, plan)
+        try:
+            if on_driver:
+                sizing = size_threads(cfg.cpus_per_worker, task_cpus=None, gpus=0, host=host_cpus(), local_size=1)
+                wctx = WorkerContext(attempt=attempt, cpus=sizing.cpus, cpus_source=sizing.source)
+                result = run_worker_process({**spec, "ctx": wctx.to_dict()}, env={}, rank=0)
+            else:
+                outputs = run_barrier(spark, cfg.workers, lambda it: _barrier_task(spec, it),
+                                      description=f"imagenet-spark train {cfg.model} attempt {attempt}"
+                                                  + (f" ({label})" if label else ""))
+                result = json.loads(outputs[0])
+            first = state.get("first_step_at")
+            failure = result.get("failure")  # a structured failure no retry can fix (e.g. "diverged")
+            attempts.append({"attempt": attempt, "status": failure["kind"] if failure else "ok",
+                             "seconds": round(time.monotonic() - started, 1),
+                             "launch_to_first_step_s": round(first - started, 2) if first else None})
+            if failure:
+                raise failure_error(failure)  # not retried: the checkpoint would diverge again
+            break
+        except (SparkJobError, LaunchError) as exc:
+            text = str(exc)
+            reached = int(state.get("last", {}).get("global_step", ckpt_before))
+            ckpt_after = _checkpoint_position(cfg, plan)
+            record = {"attempt": attempt, "status": "failed", "seconds": round(time.monotonic() - started, 1),
+                      "error": text.splitlines()[0][:300], "resume_from_step": ckpt_after,
+                      "last_reported_step": reached, "steps_redone_at_least": max(0, reached - ckpt_after)}
+            attempts.append(record)
+            if "PortConflictError" in text or "taken before it could bind" in text:
+                port_conflicts += 1
+                if port_conflicts > _PORT_CONFLICT_RETRIES:
+                    raise TrainingFailedError(f"ports kept being taken between exchange and bind "
+                                              f"({port_conflicts} times): {text.splitlines()[0]}") from exc
+                log.warning("attempt %d: a worker's port was taken before TensorFlow bound it; relaunching with "
+                            "fresh ports (not counted against max_retries)", attempt)
+            elif "BackendError" in text:  # e.g. Horovod missing: retrying cannot help
+                raise TrainingFailedError(f"the {cfg.backend} backend cannot start: "
+                                          f"{text.splitlines()[0][:500]}") from exc
+            else:
+                failures += 1
+                if failures > cfg.max_retries:
+                    raise TrainingFailedError(
+                        f"training failed {failures} times (max_retries={cfg.max_retries}); last error: "
+                        f"{text.splitlines()[0][:500]}. Checkpoints are in {cfg.model_dir}/checkpoints: rerun "
+                        "the same command to resume.") from exc
+                log.warning("attempt %d failed after %.0f s: %s; retry %d/%d resumes from the checkpoint at "
+                            "step %d (last progress report: step %d)", attempt, record["seconds"],
+                            record["error"], failures, cfg.max_retries, ckpt_after, reached)
+            attempt += 1
+    result["attempts"] = attempts
     return result

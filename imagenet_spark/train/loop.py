@@ -231,6 +231,7 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch",
                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    log.info("launch timing: rank %d model built at %.3f", ctx.rank, time.time())
     average = WeightAverage(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup,
                             strategy=backend.strategy) if cfg.ema_decay else None
     train_steps, eval_steps = make_step_functions(cfg, backend, model, optimizer, sums, num_classes=plan.num_classes,
@@ -302,6 +303,7 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
         data=cfg.data, cfg=cfg, ctx=ctx, plan=plan.train, num_classes=plan.num_classes,
         image_size=plan.image_size, mean=plan.mean, std=plan.std, seed=seed, augment=plan.augment))
     iterator = iter(train_ds)
+    log.info("launch timing: rank %d input ready at %.3f", ctx.rank, time.time())
     val_ds = None
     if plan.validation is not None:
         val_ds = backend.distribute(lambda: eval_dataset(
