@@ -87,8 +87,9 @@ def test_imagenet_preset_keeps_the_old_stream(photos):
         seed = tf.constant([5, 2 * i], tf.int64)
         data = tf.constant(photos[i % 2])
         window = random_crop_window(data, seed)
-        old = tf.image.resize(tf.image.decode_and_crop_jpeg(data, window, channels=3, dct_method="INTEGER_FAST"),
-                              [SIZE, SIZE])
+        crop = tf.image.decode_and_crop_jpeg(data, window, channels=3, dct_method="INTEGER_FAST")
+        # the same draws; the resize is antialiased where the crop shrinks 2x or more (as evaluation's is)
+        old = tf.image.resize(crop, [SIZE, SIZE], antialias=bool(min(window[2], window[3]) >= 2 * SIZE))
         flipped = tf.image.stateless_random_flip_left_right(old, seed=tf.stack([seed[0], seed[1] + 1]))
         flips += int(not np.array_equal(flipped.numpy(), old.numpy()))
         new = preprocess_train(data, image_size=SIZE, seed=seed, spec=PRESETS["imagenet"], **UNIT)
@@ -182,3 +183,18 @@ def test_settings_from_the_command_line_and_epochs_one_with_the_default_warmup()
     assert (spec.area_range, spec.aspect_range, spec.flip_prob) == ((0.5, 1.0), PRESETS["light"].aspect_range, 0.0)
     assert (spec.randaugment_layers, spec.randaugment_magnitude, cfg.warmup_epochs) == (2, 9.0, 5.0)
     assert AugmentSpec.from_dict(json.loads(json.dumps(dataclasses.asdict(spec)))) == spec  # as the run plan ships it
+
+
+def test_training_crops_shrunk_2x_or_more_are_antialiased():
+    """A 1-pixel checkerboard shrunk 6.4x must come out flat grey (what evaluation's antialiased resize gives), not
+    the aliased pattern plain bilinear samples; a crop shrunk less than 2x keeps plain bilinear (ImageNet's speed)."""
+    from imagenet_spark.data.augment import resize_crop
+
+    board = np.indices((256, 256)).sum(axis=0) % 2 * 255
+    image = tf.constant(np.repeat(board[..., None], 3, axis=2), tf.uint8)
+    small = resize_crop(image, tf.constant(256), 40).numpy()
+    assert np.abs(small - 127.5).max() < 2, np.abs(small - 127.5).max()
+    plain = tf.image.resize(image, [40, 40], method="bilinear").numpy()
+    assert np.abs(plain - 127.5).max() > 50  # what training saw before: the pattern aliased into stripes
+    near = resize_crop(image[:200, :200], tf.constant(200), 128).numpy()
+    np.testing.assert_array_equal(near, tf.image.resize(image[:200, :200], [128, 128], method="bilinear").numpy())
