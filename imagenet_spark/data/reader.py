@@ -47,6 +47,7 @@ from imagenet_spark.data.schema import PARTITION_COLUMN, DatasetError, read_row_
 from imagenet_spark.data.sharding import ShardPlan, assign_synsets, plan_shards, plan_synset_shards
 from imagenet_spark.distribute.stack import resolve_train_reader
 from imagenet_spark.distribute.threads import data_options
+from imagenet_spark.models import eval_resize_for
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import tensorflow as tf
@@ -403,13 +404,14 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
     different seed on a restart (e.g. ``cfg.seed + attempt``) to avoid replaying the first epoch's order.
 
     ``augment``: the train transform the driver resolved (``RunPlan.augment``); None resolves it here from
-    ``cfg`` with the eval short side ``image_size / 0.875`` (for callers without a run plan).
+    ``cfg`` with the eval short side :func:`~imagenet_spark.models.eval_resize_for` gives (for callers without a run
+    plan).
     """
     import tensorflow as tf
 
     _check_plan(plan, ctx)
     if augment is None:
-        augment = augment_spec(cfg, eval_resize=max(image_size, round(image_size / 0.875)))
+        augment = augment_spec(cfg, eval_resize=eval_resize_for(image_size))
     groups = row_groups(data, plan.split)
     uri = split_uri(data, plan.split)
     shard: dict[str, Any]

@@ -17,6 +17,7 @@ from imagenet_spark.models.registry import (
     build,
     count_trainable,
     decay_variables,
+    eval_resize_for,
     info,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "ModelOptionError",
     "UnknownModelError",
     "available",
+    "eval_resize_for",
     "build",
     "count_trainable",
     "decay_variables",

@@ -76,6 +76,12 @@ class ModelInfo:
     description: str
 
 
+def eval_resize_for(image_size: int) -> int:
+    """The eval short side for a crop of ``image_size`` other than the model's own: the crop is 0.875 of the short
+    side (224 of 256), never smaller than the crop. One rule for the run plan and callers without one."""
+    return max(image_size, round(image_size / 0.875))
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """Resolved, validated build options handed to an architecture's ``build_model``.

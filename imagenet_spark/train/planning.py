@@ -16,6 +16,7 @@ from imagenet_spark.config import TrainConfig, to_dict
 from imagenet_spark.data import fs
 from imagenet_spark.data.augment import augment_spec
 from imagenet_spark.data.schema import DatasetError
+from imagenet_spark.models import eval_resize_for
 from imagenet_spark.models import info as model_info
 from imagenet_spark.train.loop import CHECKPOINTS, LABELS, METRICS, SAVED_MODEL, TENSORBOARD, RunPlan
 from imagenet_spark.train.schedules import effective_warmup_epochs, steps_for
@@ -43,7 +44,7 @@ def make_run_plan(cfg: TrainConfig) -> RunPlan:
     labels = [line for line in fs.read_text(fs.join(cfg.data, LABELS)).splitlines() if line.strip()]
     info = model_info(cfg.model)
     image_size = cfg.image_size or info.image_size
-    eval_resize = info.eval_resize if cfg.image_size is None else max(image_size, round(image_size / 0.875))
+    eval_resize = info.eval_resize if cfg.image_size is None else eval_resize_for(image_size)
     train = load_plan(cfg.data, "train", workers=cfg.workers, per_worker_batch=cfg.per_worker_batch,
                       shard_by=cfg.shard_by, drop_remainder=True)
     validation = None
