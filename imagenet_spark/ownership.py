@@ -33,16 +33,15 @@ from typing import Any, Callable, Literal
 
 from imagenet_spark.config import ConfigError
 from imagenet_spark.data import fs
+from imagenet_spark.layout import LEASE, MARKER, PREFLIGHT_PROBE
 
 log = logging.getLogger(__name__)
 
-MARKER = ".imagenet-spark.json"
-LEASE = ".imagenet-spark.lease"
 Kind = Literal["dataset", "model_dir", "search"]
 # Entries a directory may hold and still count as empty: our own lease, and what file browsers leave behind.
 # Also the probe dir the preflight check writes into an output before the job claims it (spark/preflight.py
 # PROBE_DIR), left behind when its removal failed: ours, so it does not make a new directory "not empty".
-_IGNORABLE = frozenset({LEASE, ".DS_Store", ".imagenet-spark-preflight"})
+_IGNORABLE = frozenset({LEASE, ".DS_Store", PREFLIGHT_PROBE})
 
 
 def canonical(uri: str) -> str:

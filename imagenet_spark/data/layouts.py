@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 
 from imagenet_spark.data import fs
 from imagenet_spark.errors import ImagenetSparkError
+from imagenet_spark.layout import LABELS
 from imagenet_spark.data.images import LABELS_MISMATCH, OUTSIDE_INPUT_ROOT, READ_ERROR, UNKNOWN_CLASS
 from imagenet_spark.data.synsets import human_name, is_wnid
 
@@ -555,7 +556,7 @@ def list_csv(root: str, val_labels: str | None = None, labels_file: str | None =
             if uri:
                 items += _read_csv(uri, split, root, within)
     if labels_file is None:
-        labels_file = _input_file(root, ("labels.txt",), within, TRAIN, items, set())
+        labels_file = _input_file(root, (LABELS,), within, TRAIN, items, set())
     return _finish("csv", root, items, [], skipped, None, labels_file, wnid_only=False, within=within)
 
 

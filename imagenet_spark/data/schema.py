@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from imagenet_spark.data import fs
 from imagenet_spark.errors import ImagenetSparkError
+from imagenet_spark.layout import COMMON_METADATA
 
 
 class DatasetError(ImagenetSparkError, ValueError):
@@ -127,7 +128,7 @@ def write_petastorm_metadata(dataset_uri: str, schema: DatasetSchema, row_group_
         FORMAT_KEY: str(FORMAT_VERSION).encode(),
     }
     arrow = arrow_file_schema(schema).with_metadata(metadata)
-    filesystem, path = fs.resolve(fs.join(dataset_uri, "_common_metadata"))
+    filesystem, path = fs.resolve(fs.join(dataset_uri, COMMON_METADATA))
     with filesystem.open_output_stream(path) as f:
         pq.write_metadata(arrow, f)
 
@@ -138,7 +139,7 @@ def unischema_pickle_bytes() -> bytes:
 
 
 def _read_common_metadata(dataset_uri: str) -> dict[bytes, bytes]:
-    filesystem, path = fs.resolve(fs.join(dataset_uri, "_common_metadata"))
+    filesystem, path = fs.resolve(fs.join(dataset_uri, COMMON_METADATA))
     try:
         with filesystem.open_input_file(path) as f:
             return pq.read_schema(f).metadata or {}
