@@ -260,8 +260,9 @@ def run_summary_cli(args: argparse.Namespace) -> int:
     """Print what a person checks first: counts, rejects and why, conversions, bytes, and the shard rule."""
     from imagenet_spark.data import fs
     from imagenet_spark.data.schema import read_row_groups_per_file
+    from imagenet_spark.layout import DatasetDir
 
-    manifest_uri = fs.join(args.dataset, "manifest.json")
+    manifest_uri = DatasetDir(args.dataset).manifest
     if not fs.exists(manifest_uri):
         raise ConfigError("dataset", args.dataset, "no manifest.json: not a finished dataset.",
                           "run jobs/partition.py (or --resume an interrupted run) first.")
