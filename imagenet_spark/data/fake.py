@@ -23,6 +23,9 @@ Optionally the writers add the real dataset's awkward files (``quirks``: CMYK JP
 grayscale, palette, alpha) and outright bad ones (``broken``: empty, truncated, not an image, a class
 folder that is not a WordNet id, a ``.DS_Store``), and the returned :class:`FakeSummary` says exactly
 what the pipeline should accept, convert, reject (with which reason) and skip.
+
+Why this size: the drawing, the five layout writers and the expected outcomes they report must agree file for
+file (the tests trust the summary); side by side, a writer cannot drift from the summary it fills.
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ Layouts:
 ``kaggle``   ``ILSVRC/Data/CLS-LOC/{train,val}``, ``LOC_val_solution.csv``, ``LOC_synset_mapping.txt``.
 ``folders``  ``<class>/*`` or ``train/<class>/*`` + ``validation/<class>/*`` (or ``val/``), any class names.
 ``csv``      ``train.csv`` / ``validation.csv`` (or ``val.csv``) of ``path,label``, optional ``labels.txt``.
+
+Why this size: five short listers over one set of rules (what is read, symlinks, duplicates, rejects, label
+order). The rules are most of the module and every lister must apply all of them; kept in one file, the one place
+that decides what the job reads is read in one sitting.
 """
 
 from __future__ import annotations
