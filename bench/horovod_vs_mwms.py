@@ -5,7 +5,7 @@
 
 * step: two worker processes on this machine, started exactly as the barrier launcher starts them (TF_CONFIG for
   MWMS; task-0 rendezvous + HOROVOD_* variables for Horovod; no Spark, so launch cost is not in the figure),
-  run the jobs' own step (``loop.make_step_functions``) on the same in-memory data, model, seed and global
+  run the jobs' own step (``steps.make_step_functions``) on the same in-memory data, model, seed and global
   batch. Figure: ms per step of each, and the ratio Horovod / MWMS. Backends alternate; median over rounds.
 * allreduce: two Horovod workers over Gloo on loopback reduce float32 tensors of gradient-like sizes; beside
   them, in the same run, two processes copy the same bytes over a loopback TCP socket. Figure: bytes/s of
@@ -93,7 +93,7 @@ def _step_worker(args: argparse.Namespace) -> dict[str, Any]:
     import tensorflow as tf
 
     from imagenet_spark.models import build
-    from imagenet_spark.train.loop import make_step_functions
+    from imagenet_spark.train.steps import make_step_functions
 
     classes = 10
     cfg = TrainConfig(data="-", model_dir="-", model=args.model, workers=2, backend=args.backend,

@@ -1,6 +1,6 @@
 """What mixup/cutmix and the weight EMA cost: ratios to the plain step and stream measured in the same run.
 
-* step: the jobs' own step (``loop.make_step_functions``) with and without the EMA update (``train/ema.py``),
+* step: the jobs' own step (``steps.make_step_functions``) with and without the EMA update (``train/ema.py``),
   same model, data, batch and optimizer; the EMA adds one multiply-add per weight per step.
 * stream: batches through ``data/mix.py``'s ``mix_batches`` (mixup + cutmix, switching) against the same
   batches unmixed, from memory (so the ratio shows the mixing alone, not the decoding it hides behind).
@@ -26,7 +26,7 @@ def _step_seconds(model_name: str, image_size: int, batch: int, steps: int, ema:
     from imagenet_spark.distribute.context import WorkerContext
     from imagenet_spark.models import build
     from imagenet_spark.train.ema import WeightAverage
-    from imagenet_spark.train.loop import make_step_functions
+    from imagenet_spark.train.steps import make_step_functions
 
     classes = 10
     cfg = TrainConfig(data="-", model_dir="-", model=model_name, workers=1, backend="off", global_batch_size=batch)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/train_step.py [--model resnet_tiny] [--image-size 32] [--batch 64] [--steps 60]
 
-* step: the step the jobs run (``loop.make_step_functions``: n steps in one tf.function, Sum metrics, L2 on
+* step: the step the jobs run (``steps.make_step_functions``: n steps in one tf.function, Sum metrics, L2 on
   kernels only) vs ``model.fit`` with the same model, optimizer, loss and data, both from the same in-memory
   tf.data stream; the figure is the ratio of time per step (target <= 1.10). Runs alternate, median of 3.
 * launch: submit -> first training step of a 2-worker MWMS run in local[2] (in this process) and in
@@ -32,7 +32,7 @@ def step_ratio(model_name: str, image_size: int, batch: int, steps: int) -> None
     from imagenet_spark.distribute.backends import make_backend
     from imagenet_spark.distribute.context import WorkerContext
     from imagenet_spark.models import build, decay_variables
-    from imagenet_spark.train.loop import make_step_functions
+    from imagenet_spark.train.steps import make_step_functions
 
     classes = 10
     cfg = TrainConfig(data="-", model_dir="-", model=model_name, workers=1, backend="off", global_batch_size=batch,

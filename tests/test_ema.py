@@ -1,6 +1,6 @@
 """The exponential moving average of the weights (imagenet_spark/train/ema.py) against a numpy reference.
 
-Real TensorFlow, the jobs' own training step (``loop.make_step_functions``) on a tiny model with batch norm,
+Real TensorFlow, the jobs' own training step (``steps.make_step_functions``) on a tiny model with batch norm,
 under the ``off`` backend; the distributed run (MWMS, resume, export) is in tests/test_train.py.
 """
 
@@ -36,7 +36,7 @@ def _data() -> "tf.data.Dataset":
 def _steps(model: "tf.keras.Model", average: WeightAverage | None) -> tuple[object, object]:
     from imagenet_spark.distribute.backends import make_backend
     from imagenet_spark.distribute.context import WorkerContext
-    from imagenet_spark.train.loop import make_step_functions
+    from imagenet_spark.train.steps import make_step_functions
 
     cfg = TrainConfig(data="-", model_dir="-", model="resnet_tiny", workers=1, backend="off",
                       global_batch_size=BATCH, weight_decay=1e-4, label_smoothing=0.1)

@@ -33,6 +33,7 @@ from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.errors import ImagenetSparkError
 from imagenet_spark.train.ema import WeightAverage, averaged_weights, make_swapper
 from imagenet_spark.train.schedules import keras_schedule, make_schedule
+from imagenet_spark.train.steps import make_step_functions
 
 log = logging.getLogger(__name__)
 
@@ -427,96 +428,6 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
         _export(cfg, plan, weights, best_checkpoint=best_path)
     return {**done, "exported": "best" if cfg.export == "best" and best else "last", "exported_weights": eval_weights,
             **consistency}
-
-
-def make_step_functions(cfg: TrainConfig, backend: Any, model: Any, optimizer: Any, sums: dict[str, Any], *,
-                        num_classes: int, average: WeightAverage | None = None) -> tuple[Any, Any]:
-    """``train_steps(iterator, n)`` and ``eval_steps(iterator, n)``: n steps inside one ``tf.function``.
-
-    Labels are one-hot or soft rows (mixup/cutmix, data/mix.py): the loss is the crossentropy against them and
-    top-1/top-5 count the dominant label (their argmax). ``average``: the EMA of the weights, updated after
-    every optimizer step on every replica.
-
-    Separate from :func:`train` so ``bench/train_step.py`` times exactly the step the jobs run.
-    """
-    import tensorflow as tf
-
-    from imagenet_spark.models import decay_variables
-
-    decay = decay_variables(model)
-    top_k = min(5, num_classes)
-    smoothing = cfg.label_smoothing
-    loss_batch = backend.loss_batch(cfg.global_batch_size)
-
-    def per_example_loss(labels: Any, logits: Any, label_smoothing: float) -> Any:
-        return tf.keras.losses.categorical_crossentropy(labels, logits, from_logits=True,
-                                                        label_smoothing=label_smoothing)
-
-    def correct(labels: Any, logits: Any, k: int) -> Any:
-        return tf.cast(tf.math.in_top_k(tf.argmax(labels, -1), logits, k), tf.float32)
-
-    def forward_backward(images: Any, labels: Any) -> tuple[Any, Any, Any]:
-        """Local gradients of this replica's share of the global-batch loss (XLA-compilable: no collectives)."""
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = per_example_loss(labels, logits, smoothing)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=loss_batch)
-            if cfg.weight_decay and decay:
-                # L2 on conv/dense kernels only (not BN, not biases); each replica adds its 1/R share.
-                l2 = cfg.weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in decay])
-                loss += l2 / backend.replicas_summing_gradients
-            scaled = optimizer.get_scaled_loss(loss) if cfg.precision == "mixed_float16" else loss
-        grads = tape.gradient(scaled, model.trainable_variables)
-        if cfg.precision == "mixed_float16":
-            grads = optimizer.get_unscaled_gradients(grads)
-        return grads, per_example, logits
-
-    compiled_forward_backward = tf.function(forward_backward, jit_compile=True) if cfg.xla else forward_backward
-
-    # The loss-scale optimizer of mixed_float16 meets inf gradients on purpose (it skips that step and lowers
-    # the scale), so there only the loss counts as divergence.
-    check_gradients = cfg.precision != "mixed_float16"
-
-    def count_nonfinite(per_example: Any, grads: Any) -> None:
-        """Steps with a non-finite loss or gradient norm, summed in-graph: read only where the loop already
-        syncs with the host (no extra sync per step)."""
-        bad = tf.logical_not(tf.math.is_finite(tf.reduce_sum(per_example)))
-        if check_gradients:
-            bad = tf.logical_or(bad, tf.logical_not(tf.math.is_finite(tf.linalg.global_norm(grads))))
-        sums["nonfinite"].update_state(tf.cast(bad, tf.float32))
-
-    def train_step(images: Any, labels: Any) -> None:
-        grads, per_example, logits = compiled_forward_backward(images, labels)
-        grads = backend.reduce_gradients(grads)
-        if "nonfinite" in sums:  # the benchmarks build their own sums without it
-            count_nonfinite(per_example, grads)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        if average is not None:  # after the (allreduced) update: the same weights on every replica
-            average.update()
-        sums["loss"].update_state(tf.reduce_sum(per_example))
-        sums["top1"].update_state(tf.reduce_sum(correct(labels, logits, 1)))
-        sums["top5"].update_state(tf.reduce_sum(correct(labels, logits, top_k)))
-        sums["count"].update_state(tf.cast(tf.shape(labels)[0], tf.float32))
-
-    def eval_step(images: Any, labels: Any, weights: Any) -> None:
-        logits = tf.cast(model(images, training=False), tf.float32)
-        sums["val_loss"].update_state(tf.reduce_sum(per_example_loss(labels, logits, 0.0) * weights))
-        sums["val_top1"].update_state(tf.reduce_sum(correct(labels, logits, 1) * weights))
-        sums["val_top5"].update_state(tf.reduce_sum(correct(labels, logits, top_k) * weights))
-        sums["val_count"].update_state(tf.reduce_sum(weights))
-
-    @tf.function
-    def train_steps(iterator: Any, n: Any) -> None:
-        for _ in tf.range(n):
-            backend.run(train_step, next(iterator))
-
-    @tf.function
-    def eval_steps(iterator: Any, n: Any) -> None:
-        for _ in tf.range(n):
-            backend.run(eval_step, next(iterator))
-
-
-    return train_steps, eval_steps
 
 
 def _ratio(backend: Any, total: Any, count: Any) -> float:
