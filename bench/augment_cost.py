@@ -5,7 +5,7 @@ Why one thread over bytes in memory: that is the per-image work a training worke
 its cores; reading and batching are the same for every preset. Inputs: sklearn's two real photographs resized
 to ImageNet's typical 500x375 (and 375x500) and re-encoded as JPEG q90, as the partition job stores them.
 
-    .venv/bin/python bench/augment_cost.py [--images 256] [--size 224]
+    .venv/bin/python bench/augment_cost.py [--images 256] [--size 224] [--quick: 128 images]
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import io
 import logging
 import time
 from typing import Any
+
+from figures import Figure, emit, parse_sized
 
 log = logging.getLogger("bench.augment_cost")
 
@@ -65,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--size", type=int, default=224)
-    args = parser.parse_args()
+    args = parse_sized(parser, quick={"images": 128})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from imagenet_spark.config import TrainConfig, resolve
@@ -79,6 +81,10 @@ def main() -> None:
                      size=args.size)
         base = base or rate
         log.info("%-34s %7.1f images/s, one thread   ratio %.2f", name, rate, rate / base)
+        if name != next(iter(CASES)):
+            emit(Figure(script="augment_cost", figure=f"train transform {name}", value=rate,
+                        baseline_name="imagenet (default)", baseline=base, unit="images/s",
+                        shape=f"{args.images} JPEGs 500x375 -> {args.size} px, one thread"))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/horovod_vs_mwms.py [--model resnet_tiny] [--image-size 32] [--batch 64] [--steps 40]
                                               [--rounds 2] [--sizes-mb 1,4,16,64] [--skip-step] [--skip-allreduce]
+                                              [--quick: 20 steps, 1 round, 1 and 16 MB]
 
 * step: two worker processes on this machine, started exactly as the barrier launcher starts them (TF_CONFIG for
   MWMS; task-0 rendezvous + HOROVOD_* variables for Horovod; no Spark, so launch cost is not in the figure),
@@ -30,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from figures import Figure, emit, parse_sized
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -201,6 +204,9 @@ def bench_step(args: argparse.Namespace, work: Path) -> None:
           f"horovod {h:.1f} ms/step, mwms {m:.1f} ms/step, ratio horovod/mwms {h / m:.2f} "
           f"(rounds: horovod {[round(v, 1) for v in runs['horovod']]}, mwms {[round(v, 1) for v in runs['mwms']]})")
 
+    emit(Figure(script="horovod_vs_mwms", figure="Horovod step", value=h, baseline_name="MWMS step", baseline=m,
+                unit="ms/step", better="lower", shape=f"{args.model} {args.image_size} px, global batch {args.batch}, "
+                f"2 workers, {args.steps} steps, median of {args.rounds} round(s)"))
 
 def bench_allreduce(args: argparse.Namespace, work: Path) -> None:
     sizes_mb = [float(s) for s in args.sizes_mb.split(",")]
@@ -214,6 +220,9 @@ def bench_allreduce(args: argparse.Namespace, work: Path) -> None:
         print(f"  {mb:6g} MB: allreduce {a / 1e9:6.2f} GB/s ({hvd_s[mb] * 1000:7.1f} ms), tcp copy {t / 1e9:6.2f} GB/s "
               f"({tcp_s[size] * 1000:7.1f} ms), allreduce/tcp {a / t:.2f}")
 
+        emit(Figure(script="horovod_vs_mwms", figure=f"Horovod/Gloo allreduce {mb:g} MB", value=a / 1e9,
+                    baseline_name="TCP copy of the same bytes", baseline=t / 1e9, unit="GB/s",
+                    shape="float32 tensor, 2 processes over loopback"))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -229,7 +238,7 @@ def main() -> int:
     parser.add_argument("--backend", default="horovod", help=argparse.SUPPRESS)
     parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_sized(parser, quick={"steps": 20, "rounds": 1, "sizes_mb": "1,16"})
     if args.role != "driver":
         import warnings
 

@@ -1,6 +1,6 @@
 """JPEG codecs for the partition job's per-image work: decode + resize short side to 256 + encode q90, one core.
 
-    .venv/bin/python bench/jpeg_codecs.py [--extra-path DIR]
+    .venv/bin/python bench/jpeg_codecs.py [--extra-path DIR] [--images 120] [--quick: 60 images]
 
 Compared on real photographs (bench/photo_tree.py) at two sizes, ~500x375 (ILSVRC2012's typical training
 image: no power-of-two reduction applies) and ~1600x1070 (its large ones: decoding at 1/4 applies):
@@ -22,11 +22,13 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
+from figures import Figure, emit, parse_sized
 from photo_tree import make_pool
 from PIL import Image
 
@@ -109,7 +111,7 @@ def main() -> int:
     parser.add_argument("--extra-path", help="a folder to append to sys.path (where simplejpeg was installed)")
     parser.add_argument("--images", type=int, default=120)
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "bench-partition"))
-    args = parser.parse_args()
+    args = parse_sized(parser, quick={"images": 60})
     if args.extra_path:
         sys.path.append(args.extra_path)
     pool = make_pool(Path(args.workdir) / "pool", max(400, args.images))
@@ -127,6 +129,9 @@ def main() -> int:
                 continue
             rate = base if fn is ours else _rate(fn, blobs)
             print(f"  {codec:38s} {rate:7.1f} images/s = {rate / base:.2f} of ours")
+            if fn is not ours:
+                emit(Figure(script="jpeg_codecs", figure=f"{codec}, {name}", value=rate, baseline_name="ours",
+                            baseline=base, unit="images/s", shape=f"{len(blobs)} JPEGs {name} -> 256 px q90, one core"))
     return 0
 
 

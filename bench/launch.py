@@ -1,6 +1,7 @@
 """Process start -> first training step of a 2-worker MWMS run on ``local[2]`` (issue #13, goal 3: under 10 s).
 
-    .venv/bin/python bench/launch.py [--runs 3] [--mode submit|python|both]
+    .venv/bin/python bench/launch.py [--runs 3] [--mode submit|python|both] [--baseline COMMIT]
+                                     [--quick: 2 runs, python mode, --baseline ebb2367]
 
 Runs ``jobs/train_barrier.py`` as a user does (``spark-submit --master local[2]``, or ``python
 jobs/train_barrier.py --master local[2]``) on a tiny partitioned dataset (4 classes of 40x40 fake images),
@@ -30,10 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from figures import Figure, emit, parse_sized
+
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.launch")
 
 _TIMING = re.compile(r"launch timing: (?:rank (\d+) )?(?:attempt \d+ )?([a-z ]+?) at (\d+\.\d+)")
+# The commit --quick compares against: the first with 'launch timing:' lines, before issue #13's launch work.
+QUICK_BASELINE = "ebb2367"
 PHASES = ("start -> training call", "training call -> launch clock", "launch clock -> workers started",
           "workers started -> backend ready", "backend ready -> first step", "start -> first step")
 
@@ -70,7 +75,7 @@ def _command(mode: str, data: Path, model_dir: Path, repo: Path) -> list[str]:
 def phases(out: str, started: float) -> dict[str, float]:
     """Phase durations from the ``launch timing:`` lines; the workers' phases end at the later rank."""
     marks: dict[str, list[float]] = {}
-    for rank, name, stamp in _TIMING.findall(out):
+    for _rank, name, stamp in _TIMING.findall(out):
         marks.setdefault(name.strip(), []).append(float(stamp))
     need = ("training call", "launch clock", "worker started", "backend ready", "first step done")
     missing = [n for n in need if n not in marks]
@@ -109,7 +114,7 @@ def main() -> int:
     parser.add_argument("--baseline", metavar="COMMIT",
                         help="also run this commit (a git worktree; it must have the 'launch timing:' lines, e.g. "
                              "ebb2367), alternating with the working tree, and print the ratio")
-    args = parser.parse_args()
+    args = parse_sized(parser, quick={"runs": 2, "mode": "python", "baseline": QUICK_BASELINE})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -140,6 +145,10 @@ def main() -> int:
                           for t in ("ours", "baseline"))
             log.info("%s: start -> first step, median: ours %.2f s, baseline %s %.2f s, ratio %.2f", mode, ours,
                      args.baseline, base, ours / base)
+            emit(Figure(script="launch", figure=f"process start -> first step ({mode})", value=ours,
+                        baseline_name=f"commit {args.baseline}", baseline=base, unit="s", better="lower",
+                        shape=f"resnet_tiny, 2 MWMS workers, local[2], 4 classes x 40 images 40 px; median of "
+                              f"{args.runs} alternating runs each"))
     for mode, runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         log.info("median of %d, %s --master local[2], resnet_tiny, 2 MWMS workers:", len(runs), mode)

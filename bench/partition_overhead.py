@@ -1,6 +1,6 @@
 """Where a partition task's time goes on a tree of many small classes (the shape issue #13 measured).
 
-    .venv/bin/python bench/partition_overhead.py [--classes 300] [--per-class 5] [--pack]
+    .venv/bin/python bench/partition_overhead.py [--classes 300] [--per-class 5] [--pack] [--quick: 100 classes, --pack]
 
 Measured in one run, on ``local[2]``, over the same real-photo tree (bench/photo_tree.py):
   * image work: ``process_image`` over every file in this process (decode, fix, resize 256, JPEG q90);
@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from figures import Figure, emit, parse_sized
 from photo_tree import make_pool, make_tree
 
 from imagenet_spark import logs
@@ -43,7 +44,7 @@ def main() -> int:
     parser.add_argument("--per-class", type=int, default=5)
     parser.add_argument("--pack", action="store_true")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "bench-partition-overhead"))
-    args = parser.parse_args()
+    args = parse_sized(parser, quick={"classes": 100, "pack": True})
     logs.configure("WARNING")
     work = Path(args.workdir)
     shutil.rmtree(work / "tree", ignore_errors=True)
@@ -102,6 +103,10 @@ def main() -> int:
     work_s = manifest["executor_seconds"]
     print(f"job: {wall:.2f} s wall, {slots * wall:.2f} slot-s, executor work {work_s:.2f} s "
           f"(efficiency {manifest.get('efficiency', work_s / (slots * wall)):.2f}); "
+    emit(Figure(script="partition_overhead", figure="whole job, slot-seconds", value=slots * wall,
+                baseline_name="the image work alone, in process", baseline=t_img, unit="s", better="lower",
+                shape=f"{len(files)} photos ~500x375 in {args.classes} classes, {len(tasks)} tasks "
+                      f"({'packed' if args.pack else 'one per class'}), local[{slots}]"))
           f"{manifest.get('tasks', len(tasks))} tasks")
     print(f"  of the slot-seconds: image work ~{t_img:.1f}, per-task fs/metadata ~{t_local - t_img:.1f}, "
           f"Spark per-task ~{t_noop * slots:.1f}, the rest (driver listing/stat/probe/plan/publish, idle slots) "

@@ -1,6 +1,7 @@
 """Partition-job throughput on real photographs, as a ratio to a plain Pillow loop measured in the same run.
 
-    .venv/bin/python bench/partition_throughput.py [--cores 2] [--workdir /tmp/bench-partition]
+    .venv/bin/python bench/partition_throughput.py [--cores 2] [--workdir /tmp/bench-partition] [--scale 1.0]
+                                                   [--quick: --scale 0.4]
 
 Input: ~500x375 JPEGs made of scikit-learn's two sample photographs (bench/photo_tree.py: seeded crops,
 rescales and re-encodes), in two shapes:
@@ -31,9 +32,11 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from figures import Figure, emit, parse_sized
 from photo_tree import make_pool, make_tree
 from PIL import Image
 
@@ -45,6 +48,14 @@ log = logging.getLogger("bench.partition")
 
 # (name, (classes, per class) of the smaller tree, of the larger tree)
 SHAPES = (("few large classes", (4, 250), (4, 1250)), ("many small classes", (200, 5), (1000, 5)))
+Shapes = tuple[tuple[str, tuple[int, int], tuple[int, int]], ...]
+
+
+def scaled(scale: float) -> Shapes:
+    """SHAPES with the large-class sizes (few large) and the class counts (many small) times ``scale``."""
+    (few, (fc, fs), (fc2, fl)), (many, (mc, ms), (mc2, ml)) = SHAPES
+    return ((few, (fc, round(fs * scale)), (fc2, round(fl * scale))),
+            (many, (round(mc * scale), ms), (round(mc2 * scale), ml)))
 
 
 def pillow_plain(path: str) -> int:
@@ -92,12 +103,12 @@ def _job(spark: Any, src: Path, dst: Path) -> dict[str, Any]:
     return run_partition(spark, cfg)
 
 
-def run_shapes(work: Path, pool: list[Path], cores: int) -> dict[str, dict[str, Any]]:
+def run_shapes(work: Path, pool: list[Path], cores: int, shapes: Shapes) -> dict[str, dict[str, Any]]:
     """Per shape: baseline, both job runs and the session start-up time."""
     from imagenet_spark.spark.session import build_session
 
     trees = {}
-    for name, small, large in SHAPES:
+    for name, small, large in shapes:
         trees[name] = (make_tree(work / f"{name[:4]}_small", pool, *small),
                        make_tree(work / f"{name[:4]}_large", pool, *large))
     t0 = time.perf_counter()
@@ -107,7 +118,7 @@ def run_shapes(work: Path, pool: list[Path], cores: int) -> dict[str, dict[str, 
     startup = time.perf_counter() - t0
     _job(spark, work / "warmup", work / "out_warmup")  # the Python workers' first imports
     out = {}
-    for name, _small, _large in SHAPES:
+    for name, _small, _large in shapes:
         small_files, large_files = trees[name]
         runs = {size: _job(spark, work / f"{name[:4]}_{size}", work / f"out_{name[:4]}_{size}")
                 for size in ("small", "large")}
@@ -123,6 +134,9 @@ def report(name: str, figures: dict[str, Any], cores: int, floor: float) -> floa
     whole = n_large / large["wall_time_s"] / cores
     end_to_end = n_large / (figures["startup"] + large["wall_time_s"]) / cores
     base = figures["baseline"]
+    emit(Figure(script="partition_throughput", figure=f"{name}: job marginal", value=marginal,
+                baseline_name="plain Pillow loop", baseline=base, unit="images/s/core",
+                shape=f"{n_small} -> {n_large} photos ~500x375, {large['num_classes']} classes, local[{cores}]"))
     print(f"{name}: {n_small} -> {n_large} images, {large['num_classes']} classes, {large['tasks']['run']} tasks")
     print(f"  baseline Pillow loop ({cores} processes): {base:6.1f} images/s per core")
     print(f"  job marginal: {marginal:6.1f} images/s per core = {marginal / base:.2f} of the baseline "
@@ -137,7 +151,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "bench-partition"))
-    args = parser.parse_args()
+    parser.add_argument("--scale", type=float, default=1.0, help="large classes' sizes and small classes' counts x")
+    args = parse_sized(parser, quick={"scale": 0.4})
+    shapes = scaled(args.scale)
     logs.configure("WARNING")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     work = Path(args.workdir)
@@ -153,12 +169,13 @@ def main() -> int:
     naive, naive_bytes = _rate(_naive, blobs[:50])
     print(f"floor  (our per-image work, one core, in process): {floor:6.1f} images/s, {out_bytes / 1000:.0f} KB out; "
           f"naive full decode + PNG: {naive:5.1f} images/s, {naive_bytes / 1000:.0f} KB out")
-    figures = run_shapes(work, pool, args.cores)
-    ratios = {name: report(name, figures[name], args.cores, floor) for name, _s, _l in SHAPES}
-    runs = figures[SHAPES[0][0]]["runs"]
+    figures = run_shapes(work, pool, args.cores, shapes)
+    ratios = {name: report(name, figures[name], args.cores, floor) for name, _s, _l in shapes}
+    runs = figures[shapes[0][0]]["runs"]
     print(f"memory executor peak RSS: {runs['small']['executor_peak_rss_mb']} MB at "
           f"{runs['small']['totals']['inputs']} images, {runs['large']['executor_peak_rss_mb']} MB at "
-          f"{runs['large']['totals']['inputs']}; bytes per image out {runs['large']['bytes']['per_image'] / 1000:.1f} KB")
+          f"{runs['large']['totals']['inputs']}; bytes per image out "
+          f"{runs['large']['bytes']['per_image'] / 1000:.1f} KB")
     print("ratios (marginal / baseline): " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     return 0
 

@@ -1,6 +1,7 @@
 """N training workers of k CPUs each vs one worker of N x k CPUs: same model, same global batch, images/s.
 
     .venv/bin/python bench/task_cpus.py [--model resnet_tiny] [--image-size 64] [--batch 64] [--epochs 4]
+                                        [--quick: 3 epochs of 6 steps]
 
 Why: before workers were sized to their task (distribute/threads.py), every training worker started
 TensorFlow's intra/inter-op pools and tf.data's pool at the size of the whole machine, so N workers on one
@@ -25,6 +26,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from figures import Figure, emit, parse_sized
 
 log = logging.getLogger("bench.task_cpus")
 
@@ -71,7 +74,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="global batch, the same in every run")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10, help="steps per epoch")
-    args = parser.parse_args()
+    args = parse_sized(parser, quick={"epochs": 3, "steps": 6})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from imagenet_spark.spark.session import build_session
@@ -87,6 +90,10 @@ def main() -> None:
              args.batch, args.steps, args.epochs)
     for name, rate in rates.items():
         log.info("  %-20s %7.1f images/s  ratio to 1 worker x 2 CPUs: %.2f", name, rate, rate / base)
+        if name != "1 worker x 2 CPUs":
+            emit(Figure(script="task_cpus", figure=name, value=rate, baseline_name="1 worker x 2 CPUs", baseline=base,
+                        unit="images/s", shape=f"{args.model} {args.image_size} px, global batch {args.batch}, "
+                        f"{args.steps} steps/epoch, median of epochs 2-{args.epochs}, local[2]"))
 
 
 if __name__ == "__main__":

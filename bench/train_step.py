@@ -1,6 +1,7 @@
 """Our training step vs plain ``model.fit`` on in-memory tensors, and barrier launch latency.
 
     .venv/bin/python bench/train_step.py [--model resnet_tiny] [--image-size 32] [--batch 64] [--steps 60]
+                                         [--skip-launch] [--quick: 30 steps, --skip-launch]
 
 * step: the step the jobs run (``steps.make_step_functions``: n steps in one tf.function, Sum metrics, L2 on
   kernels only) vs ``model.fit`` with the same model, optimizer, loss and data, both from the same in-memory
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from figures import Figure, emit, parse_sized
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,6 +80,9 @@ def step_ratio(model_name: str, image_size: int, batch: int, steps: int) -> None
     print(f"step   {model_name} {image_size}px batch {batch}: ours {m * 1000:.1f} ms/step, model.fit {f * 1000:.1f} "
           f"ms/step, ratio ours/fit {m / f:.2f} (target <= 1.10)")
 
+    emit(Figure(script="train_step", figure="our training step", value=m * 1000, baseline_name="model.fit",
+                baseline=f * 1000, unit="ms/step", better="lower",
+                shape=f"{model_name} {image_size} px, batch {batch}, {steps} steps from memory, median of 3"))
 
 def launch_latency() -> None:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -121,8 +127,8 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--skip-launch", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--skip-launch", action="store_true", help="bench/launch.py measures the launch per phase")
+    args = parse_sized(parser, quick={"steps": 30, "skip_launch": True})
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     step_ratio(args.model, args.image_size, args.batch, args.steps)
     if not args.skip_launch:
