@@ -19,7 +19,7 @@ from imagenet_spark.data.schema import DatasetError
 from imagenet_spark.models import eval_resize_for
 from imagenet_spark.models import info as model_info
 from imagenet_spark.train.loop import CHECKPOINTS, LABELS, METRICS, SAVED_MODEL, TENSORBOARD, RunPlan
-from imagenet_spark.train.schedules import effective_warmup_epochs, steps_for
+from imagenet_spark.train.schedules import steps_for, warmup_clamp_note
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ def make_run_plan(cfg: TrainConfig) -> RunPlan:
                    total_steps=total, resize_short=manifest.get("config", {}).get("resize_short"),
                    augment=augment)
     log.info("train transform: %s", augment.describe())
-    effective_warmup_epochs(cfg.warmup_epochs, cfg.epochs, cfg.warmup_max_fraction)  # logs a clamp on the driver
+    clamp = warmup_clamp_note(cfg.warmup_epochs, cfg.epochs, cfg.warmup_max_fraction)
+    if clamp:  # logged here only: the workers build the same schedule silently
+        log.info("%s", clamp)
     log.info("plan: %d classes, %d train images -> %d workers x %d per step, %d steps/epoch, %d steps total; "
              "peak lr %.4g (base %.4g x %d/256); validation %s", plan.num_classes, train.total_rows, cfg.workers,
              cfg.per_worker_batch, train.steps_per_epoch, total, cfg.learning_rate, cfg.base_lr,

@@ -1,23 +1,39 @@
 """Steps and learning rates: one place turns epochs into steps and defines the rate at every step.
 
 Why here and pure: the driver plans the run (steps per epoch, total steps, warmup) before any executor
-starts, and tests check the schedule without TensorFlow. The Keras schedule object is built from the same
-function, so what the driver logs is what the optimizer uses.
+starts, the report plots the schedule, and ``metrics.json`` logs the rate, all without TensorFlow; the optimizer
+needs the same rate as graph ops. Both come from one formula, :func:`rate`, written once over a small set of
+operations (:class:`_Ops`): Python floats for :class:`Schedule`, TensorFlow tensors for :func:`keras_schedule`.
+``tests/test_schedules.py`` compares the optimizer's actual step size with :class:`Schedule` at the warmup edges
+and the last step.
 """
 
 from __future__ import annotations
 
-import logging
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
-
-log = logging.getLogger(__name__)
+from typing import Any
 
 
 def steps_for(epochs: float, steps_per_epoch: int) -> int:
     """Optimizer steps for a (possibly fractional) number of epochs; at least one step."""
     return max(1, int(round(epochs * steps_per_epoch)))
+
+
+@dataclass(frozen=True)
+class _Ops:
+    """The operations :func:`rate` needs, for one number type (Python floats or TensorFlow tensors)."""
+
+    cos: Callable[[Any], Any]
+    minimum: Callable[[Any, Any], Any]
+    where: Callable[[Any, Any, Any], Any]  # where(condition, if_true, if_false)
+    count: Callable[[Iterable[Any]], Any]  # how many of the conditions hold
+    const: Callable[[float], Any]
+
+
+_PYTHON_OPS = _Ops(cos=math.cos, minimum=min, where=lambda c, a, b: a if c else b,
+                   count=lambda conditions: sum(1 for c in conditions if c), const=float)
 
 
 @dataclass(frozen=True)
@@ -32,31 +48,49 @@ class Schedule:
     factor: float = 0.1
 
     def __call__(self, step: float) -> float:
-        if self.warmup_steps and step < self.warmup_steps:
-            return self.peak_lr * (step + 1) / self.warmup_steps
-        if self.kind == "cosine":
-            span = max(1, self.total_steps - self.warmup_steps)
-            progress = min(1.0, (step - self.warmup_steps) / span)
-            return 0.5 * self.peak_lr * (1.0 + math.cos(math.pi * progress))
-        if self.kind == "step":
-            return self.peak_lr * self.factor ** sum(1 for b in self.boundaries if step >= b)
-        return self.peak_lr
+        return float(rate(self, step, _PYTHON_OPS))
+
+
+def rate(schedule: Schedule, step: Any, ops: _Ops) -> Any:
+    """The learning rate at optimizer step ``step`` (0-based): the one formula of the package.
+
+    Warmup: ``peak * (step + 1) / warmup_steps`` for ``step < warmup_steps`` (the first step already moves).
+    Then cosine ``0.5 * peak * (1 + cos(pi * progress))`` with progress over the steps after the warmup (0 at the
+    run's end), ``peak * factor ** (boundaries passed)``, or ``peak``."""
+    peak = ops.const(schedule.peak_lr)
+    warmup = schedule.warmup_steps
+    if schedule.kind == "cosine":
+        span = float(max(1, schedule.total_steps - warmup))
+        progress = ops.minimum(1.0, (step - float(warmup)) / span)
+        main = 0.5 * peak * (1.0 + ops.cos(math.pi * progress))
+    elif schedule.kind == "step":
+        main = peak * schedule.factor ** ops.count(step >= b for b in schedule.boundaries)
+    else:
+        main = peak
+    if not warmup:
+        return main
+    return ops.where(step < float(warmup), peak * (step + 1.0) / float(warmup), main)
 
 
 def effective_warmup_epochs(warmup_epochs: float, epochs: float, max_fraction: float) -> float:
-    """The warmup a run gets: ``min(warmup_epochs, max_fraction * epochs)``, logged when that clamps it.
+    """The warmup a run gets: ``min(warmup_epochs, max_fraction * epochs)``.
 
     Why a clamp and not a refusal: a recipe's warmup (Goyal et al. 2017: 5 epochs of a 90-epoch run) is written
     for its full length; a shorter run of the same recipe (``--epochs 1`` for a try-out, a search's early rungs)
     should still warm up, over a share of the run, rather than fail. ``max_fraction < 1`` keeps some of the run
-    after the warmup for the decay.
+    after the warmup for the decay. Silent: every rank and the report compute it; the driver says once, when it
+    plans the run, that the clamp applied (:func:`warmup_clamp_note`).
     """
-    cap = max_fraction * epochs
-    if warmup_epochs > cap:
-        log.info("warmup: %g epoch(s) asked, %g used: at most warmup_max_fraction=%g of the %g-epoch run",
-                 warmup_epochs, cap, max_fraction, epochs)
-        return cap
-    return warmup_epochs
+    return min(warmup_epochs, max_fraction * epochs)
+
+
+def warmup_clamp_note(warmup_epochs: float, epochs: float, max_fraction: float) -> str | None:
+    """The line the driver logs when :func:`effective_warmup_epochs` shortens the asked warmup (None: it does not)."""
+    used = effective_warmup_epochs(warmup_epochs, epochs, max_fraction)
+    if used >= warmup_epochs:
+        return None
+    return (f"warmup: {warmup_epochs:g} epoch(s) asked, {used:g} used: at most warmup_max_fraction={max_fraction:g} "
+            f"of the {epochs:g}-epoch run")
 
 
 def make_schedule(*, peak_lr: float, steps_per_epoch: int, epochs: float, warmup_epochs: float, kind: str,
@@ -76,28 +110,16 @@ def make_schedule(*, peak_lr: float, steps_per_epoch: int, epochs: float, warmup
 
 
 def keras_schedule(schedule: Schedule) -> Any:
-    """The same schedule as a tf.keras LearningRateSchedule (graph-compatible), built on the executor."""
+    """The same schedule as a tf.keras LearningRateSchedule (graph ops, float32), built on the executor."""
     import tensorflow as tf
 
-    class _Schedule(tf.keras.optimizers.schedules.LearningRateSchedule):
+    ops = _Ops(cos=tf.cos, minimum=tf.minimum, where=tf.where,
+               count=lambda conditions: tf.add_n([tf.cast(c, tf.float32) for c in conditions] or [tf.zeros([])]),
+               const=lambda value: tf.constant(value, tf.float32))
+
+    class _Schedule(tf.keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[misc]
         def __call__(self, step: Any) -> Any:
-            step = tf.cast(step, tf.float32)
-            peak = tf.constant(schedule.peak_lr, tf.float32)
-            warm = tf.constant(float(max(schedule.warmup_steps, 1)), tf.float32)
-            warmup_lr = peak * (step + 1.0) / warm
-            after = step - float(schedule.warmup_steps)
-            if schedule.kind == "cosine":
-                span = float(max(1, schedule.total_steps - schedule.warmup_steps))
-                progress = tf.minimum(1.0, after / span)
-                main = 0.5 * peak * (1.0 + tf.cos(math.pi * progress))
-            elif schedule.kind == "step":
-                drops = tf.add_n([tf.cast(step >= b, tf.float32) for b in schedule.boundaries] or [tf.zeros([])])
-                main = peak * tf.pow(schedule.factor, drops)
-            else:
-                main = peak
-            if schedule.warmup_steps:
-                return tf.where(step < float(schedule.warmup_steps), warmup_lr, main)
-            return main
+            return rate(schedule, tf.cast(step, tf.float32), ops)
 
         def get_config(self) -> dict[str, Any]:
             return {"schedule": repr(schedule)}
