@@ -203,10 +203,10 @@ def bench_step(args: argparse.Namespace, work: Path) -> None:
           f"{args.image_size}px, global batch {args.batch} on 2 workers, 2 cores: "
           f"horovod {h:.1f} ms/step, mwms {m:.1f} ms/step, ratio horovod/mwms {h / m:.2f} "
           f"(rounds: horovod {[round(v, 1) for v in runs['horovod']]}, mwms {[round(v, 1) for v in runs['mwms']]})")
-
     emit(Figure(script="horovod_vs_mwms", figure="Horovod step", value=h, baseline_name="MWMS step", baseline=m,
                 unit="ms/step", better="lower", shape=f"{args.model} {args.image_size} px, global batch {args.batch}, "
                 f"2 workers, {args.steps} steps, median of {args.rounds} round(s)"))
+
 
 def bench_allreduce(args: argparse.Namespace, work: Path) -> None:
     sizes_mb = [float(s) for s in args.sizes_mb.split(",")]
@@ -219,10 +219,10 @@ def bench_allreduce(args: argparse.Namespace, work: Path) -> None:
         a, t = size / hvd_s[mb], size / tcp_s[size]
         print(f"  {mb:6g} MB: allreduce {a / 1e9:6.2f} GB/s ({hvd_s[mb] * 1000:7.1f} ms), tcp copy {t / 1e9:6.2f} GB/s "
               f"({tcp_s[size] * 1000:7.1f} ms), allreduce/tcp {a / t:.2f}")
-
         emit(Figure(script="horovod_vs_mwms", figure=f"Horovod/Gloo allreduce {mb:g} MB", value=a / 1e9,
                     baseline_name="TCP copy of the same bytes", baseline=t / 1e9, unit="GB/s",
                     shape="float32 tensor, 2 processes over loopback"))
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -101,12 +101,12 @@ def main() -> int:
     wall = time.perf_counter() - t0
     spark.stop()
     work_s = manifest["executor_seconds"]
-    print(f"job: {wall:.2f} s wall, {slots * wall:.2f} slot-s, executor work {work_s:.2f} s "
-          f"(efficiency {manifest.get('efficiency', work_s / (slots * wall)):.2f}); "
     emit(Figure(script="partition_overhead", figure="whole job, slot-seconds", value=slots * wall,
                 baseline_name="the image work alone, in process", baseline=t_img, unit="s", better="lower",
                 shape=f"{len(files)} photos ~500x375 in {args.classes} classes, {len(tasks)} tasks "
                       f"({'packed' if args.pack else 'one per class'}), local[{slots}]"))
+    print(f"job: {wall:.2f} s wall, {slots * wall:.2f} slot-s, executor work {work_s:.2f} s "
+          f"(efficiency {manifest.get('efficiency', work_s / (slots * wall)):.2f}); "
           f"{manifest.get('tasks', len(tasks))} tasks")
     print(f"  of the slot-seconds: image work ~{t_img:.1f}, per-task fs/metadata ~{t_local - t_img:.1f}, "
           f"Spark per-task ~{t_noop * slots:.1f}, the rest (driver listing/stat/probe/plan/publish, idle slots) "

@@ -79,10 +79,10 @@ def step_ratio(model_name: str, image_size: int, batch: int, steps: int) -> None
     m, f = statistics.median(mine), statistics.median(theirs)
     print(f"step   {model_name} {image_size}px batch {batch}: ours {m * 1000:.1f} ms/step, model.fit {f * 1000:.1f} "
           f"ms/step, ratio ours/fit {m / f:.2f} (target <= 1.10)")
-
     emit(Figure(script="train_step", figure="our training step", value=m * 1000, baseline_name="model.fit",
                 baseline=f * 1000, unit="ms/step", better="lower",
                 shape=f"{model_name} {image_size} px, batch {batch}, {steps} steps from memory, median of 3"))
+
 
 def launch_latency() -> None:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
