@@ -201,7 +201,7 @@ def predict_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_predict_cli(args: argparse.Namespace) -> int:
-    from imagenet_spark.train import export
+    from imagenet_spark.jobs import predict
 
     return export.run_predict_cli(args)
 

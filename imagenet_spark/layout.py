@@ -26,6 +26,9 @@ LEASE = ".imagenet-spark.lease"
 PREFLIGHT_PROBE = ".imagenet-spark-preflight"  # the executors' storage probe, removed after the check
 LABELS = "labels.txt"  # one class name a line, in label order; in a dataset, a model dir and the SavedModel's assets
 COMMON_METADATA = "_common_metadata"  # petastorm's dataset metadata (the pickled Unischema, row-group index)
+# TensorFlow's own names inside any SavedModel directory (ours in a model dir, or one copied on its own).
+SAVED_MODEL_PB = "saved_model.pb"
+SAVED_MODEL_ASSETS = "assets"
 
 _CHECKPOINT_INDEX = re.compile(r"ckpt-(\d+)\.index$")  # tf.train.CheckpointManager's naming, prefix "ckpt"
 
@@ -80,12 +83,17 @@ class ModelDir:
         return self.join(LABELS)
 
     @property
+    @property
+    def saved_model_pb(self) -> str:
+        """The SavedModel's graph file: there once an export is (the export dir is renamed into place whole)."""
+        return self.join(self.SAVED_MODEL, SAVED_MODEL_PB)
+
     def config_json(self) -> str:
         return self.join(self.CONFIG_JSON)
 
     @property
     def model_info(self) -> str:
-        return self.join(self.SAVED_MODEL, "assets", self.MODEL_INFO)
+        return self.join(self.SAVED_MODEL, SAVED_MODEL_ASSETS, self.MODEL_INFO)
 
     @property
     def report(self) -> str:

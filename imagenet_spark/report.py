@@ -186,7 +186,7 @@ def read_samples(data: str, *, split: str = "validation", count: int = 16, per_c
 
 def _class_names(model_dir: str | None, data: str | None) -> dict[str, str]:
     """synset -> human name from the model's (or dataset's) labels.txt; empty when neither is readable."""
-    from imagenet_spark.train.export import load_labels, parse_labels
+    from imagenet_spark.serving.labels import load_labels, parse_labels
 
     try:
         if model_dir:
@@ -457,7 +457,7 @@ def plot_predictions(samples: Sequence[Sample], predictions: Sequence[Mapping[st
 def predict_samples(model_dir: str, samples: Sequence[Sample], *, top_k: int = 5) -> list[dict[str, Any]]:
     """Classify stored samples with the model dir's SavedModel through the public prediction API (the images
     go through the same serving signature, preprocessing included, that serving and batch inference use)."""
-    from imagenet_spark.train.export import predict_files
+    from imagenet_spark.serving.predict import predict_files
 
     scratch = tempfile.mkdtemp(prefix="imagenet-spark-report-")
     try:

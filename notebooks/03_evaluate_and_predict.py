@@ -16,8 +16,10 @@
 # COMMAND ----------
 
 from imagenet_spark import notebook as nb
-from imagenet_spark.evaluate import evaluate_on_spark, prediction_rows
-from imagenet_spark.train.export import list_images, load_labels, predict_files, predict_on_spark
+from imagenet_spark.jobs.evaluate import evaluate_on_spark
+from imagenet_spark.jobs.predict import predict_on_spark
+from imagenet_spark.serving.labels import load_labels
+from imagenet_spark.serving.predict import list_images, predict_files, prediction_rows
 
 nb.setup_logging()
 work = nb.work_dir()

@@ -144,7 +144,7 @@ def colour_model_dir(tmp_path_factory) -> Path:
     """A tiny model (mean colour -> dense) that tells 4 solid colours apart, exported with the real signature."""
     tf = pytest.importorskip("tensorflow")
     from imagenet_spark.models import registry
-    from imagenet_spark.train import export
+    from imagenet_spark.serving import export
 
     tf.keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -184,7 +184,7 @@ def _other_formats(root: Path) -> dict[str, int]:
 def test_signature_takes_tf_formats_and_predict_converts_the_rest(colour_model_dir, tmp_path, caplog):
     import tensorflow as tf
 
-    from imagenet_spark.train import export
+    from imagenet_spark.serving import predict
 
     expected = _other_formats(tmp_path / "imgs")
     webp = (tmp_path / "imgs" / "red.webp").read_bytes()
@@ -200,10 +200,10 @@ def test_signature_takes_tf_formats_and_predict_converts_the_rest(colour_model_d
         with pytest.raises(tf.errors.InvalidArgumentError):
             serve(image_bytes=tf.constant([webp]), key=tf.constant(["k"]))
     # ... and predict converts it (the folder listing includes .webp/.tif/.tiff).
-    entries = export.list_images(str(tmp_path / "imgs"))
+    entries = predict.list_images(str(tmp_path / "imgs"))
     assert sorted(e.relpath for e in entries) == sorted(expected)
-    with caplog.at_level(logging.INFO, logger="imagenet_spark.train.export"):
-        results = export.predict_files(str(colour_model_dir), [e.uri for e in entries], top_k=2)
+    with caplog.at_level(logging.INFO, logger="imagenet_spark.serving.predict"):
+        results = predict.predict_files(str(colour_model_dir), [e.uri for e in entries], top_k=2)
     got = {Path(r["key"]).name: r for r in results}
     for name, cls in expected.items():
         assert got[name].get("error") is None and got[name]["class"] == cls, (name, got[name])
@@ -213,7 +213,7 @@ def test_signature_takes_tf_formats_and_predict_converts_the_rest(colour_model_d
     assert got["blue_alpha.png"]["converted"] == ["other_format:png", "alpha", "png"]
     assert "converted" not in got["red.jpg"]  # TF-native and plain: sent as it is
     assert any("4 image(s) converted to PNG before the SavedModel" in r.getMessage() for r in caplog.records)
-    assert "  converted: other_format:webp -> png" in export.format_predictions([got["red.webp"]])
+    assert "  converted: other_format:webp -> png" in predict.format_predictions([got["red.webp"]])
 
 
 def test_serving_bytes_are_the_partition_jobs_pixels(tmp_path):
@@ -246,11 +246,11 @@ def test_serving_bytes_are_the_partition_jobs_pixels(tmp_path):
 def test_predict_on_spark_converts_other_formats(spark, colour_model_dir, tmp_path):
     import pyarrow.parquet as pq
 
-    from imagenet_spark.train import export
+    from imagenet_spark.jobs.predict import predict_on_spark
 
     expected = _other_formats(tmp_path / "imgs")
-    rows = export.predict_on_spark(spark, str(colour_model_dir), str(tmp_path / "imgs"), str(tmp_path / "out"),
-                                   top_k=2, num_partitions=2)
+    rows = predict_on_spark(spark, str(colour_model_dir), str(tmp_path / "imgs"), str(tmp_path / "out"),
+                            top_k=2, num_partitions=2)
     assert rows == len(expected)
     got = {r["filename"]: r for r in pq.read_table(tmp_path / "out").to_pylist()}
     assert {name: (r["class"], r["error"]) for name, r in got.items()} == {n: (c, None) for n, c in expected.items()}

@@ -24,11 +24,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from imagenet_spark.data.synsets import ilsvrc2012
-from imagenet_spark.models import registry
 from imagenet_spark import cli
-from imagenet_spark.train import export
-from imagenet_spark.train.export import ExportError, LabelsError, ModelDirError, PredictError
+from imagenet_spark.data.synsets import ilsvrc2012
+from imagenet_spark.jobs import predict as spark_predict
+from imagenet_spark.models import registry
+from imagenet_spark.serving import export, predict
+from imagenet_spark.serving.export import ExportError
+from imagenet_spark.serving.labels import LabelsError, ModelDirError, load_labels
+from imagenet_spark.serving.predict import PredictError
 
 tf = pytest.importorskip("tensorflow")
 
@@ -180,9 +183,9 @@ def test_model_dir_layout_and_assets(model_dir):
     info = json.loads((assets / "model_info.json").read_text())
     assert info["model"] == "resnet_tiny" and info["num_classes"] == 4
     assert (info["image_size"], info["eval_resize"]) == (IMAGE_SIZE, EVAL_RESIZE)
-    assert export.load_labels(str(model_dir)) == [(s, ilsvrc2012()[s]) for s in SYNSETS]
+    assert load_labels(str(model_dir)) == [(s, ilsvrc2012()[s]) for s in SYNSETS]
     # The SavedModel alone (copied without its model dir) still knows its classes.
-    assert export.load_labels(str(model_dir / "saved_model")) == export.load_labels(str(model_dir))
+    assert load_labels(str(model_dir / "saved_model")) == load_labels(str(model_dir))
 
 
 def test_export_replaces_atomically_and_leaves_nothing_behind(colour_model, tmp_path, monkeypatch):
@@ -228,20 +231,20 @@ def test_export_refuses_bad_settings(colour_model, tmp_path):
 
 def test_model_dir_errors_name_the_path_and_the_fix(tmp_path):
     with pytest.raises(ModelDirError, match=r"no saved_model: train first or pass the model dir of a finished run"):
-        export.predict_files(str(tmp_path), [])
+        predict.predict_files(str(tmp_path), [])
     with pytest.raises(ModelDirError, match=r"does not exist"):
-        export.load_labels(str(tmp_path / "nowhere"))
+        load_labels(str(tmp_path / "nowhere"))
     with pytest.raises(ModelDirError, match=r"no labels.txt .*copy the dataset's labels.txt"):
-        export.load_labels(str(tmp_path))
+        load_labels(str(tmp_path))
 
 
 def test_predict_files_ranks_with_names(model_dir, samples, tmp_path):
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not an image at all")
     paths = [str(p) for p in samples] + [str(junk)]
-    results = export.predict_files(str(model_dir), paths, top_k=3, batch_size=4)
+    results = predict.predict_files(str(model_dir), paths, top_k=3, batch_size=4)
     assert [r["key"] for r in results] == paths
-    names = dict(export.load_labels(str(model_dir)))
+    names = dict(load_labels(str(model_dir)))
     for (_, cls, *_), result in zip(SAMPLES, results):
         assert result["class"] == cls == result["top"][0]["index"]
         assert len(result["top"]) == 3
@@ -252,24 +255,24 @@ def test_predict_files_ranks_with_names(model_dir, samples, tmp_path):
     assert results[-1]["class"] is None and results[-1]["top"] == []
     assert "Unknown image file format" in results[-1]["error"]
 
-    text = export.format_predictions(results)
+    text = predict.format_predictions(results)
     lines = text.splitlines()
     assert lines[0] == paths[0]
     assert re.fullmatch(rf"  [01]\.\d{{3}}  {SYNSETS[0]}  tench, Tinca tinca", lines[1]), lines[1]
     assert lines[-2:] == [str(junk), f"  error: {results[-1]['error']}"]
 
-    assert len(export.predict_files(str(model_dir), paths[:1], top_k=10)[0]["top"]) == 4  # capped at the classes
+    assert len(predict.predict_files(str(model_dir), paths[:1], top_k=10)[0]["top"]) == 4  # capped at the classes
     with pytest.raises(PredictError, match=r"top_k=0: must be a positive integer"):
-        export.predict_files(str(model_dir), paths, top_k=0)
+        predict.predict_files(str(model_dir), paths, top_k=0)
     with pytest.raises(PredictError, match=r"1 of 2 paths are not files: .*missing\.png"):
-        export.predict_files(str(model_dir), [paths[0], str(tmp_path / "missing.png")])
+        predict.predict_files(str(model_dir), [paths[0], str(tmp_path / "missing.png")])
 
 
 def test_predict_command_prints_top_k(model_dir, samples, caplog):
     parser = cli.predict_parser(argparse.ArgumentParser())
     args = parser.parse_args(["--model-dir", str(model_dir), str(samples[0].parent), "--top-k", "2"])
-    with caplog.at_level(logging.INFO, logger="imagenet_spark.train.export"):
-        assert export.run_predict_cli(args) == 0
+    with caplog.at_level(logging.INFO, logger="imagenet_spark.jobs.predict"):
+        assert spark_predict.run_predict_cli(args) == 0
     text = "\n".join(r.getMessage() for r in caplog.records if r.getMessage().startswith("predictions:"))
     assert f"{samples[0]}\n  " in text and text.count(f"  {SYNSETS[0]}  tench, Tinca tinca") >= 2
 
@@ -279,10 +282,10 @@ def test_predict_on_spark_checks_before_starting(spark, model_dir, tmp_path):
     shutil.copytree(model_dir, bad)
     (bad / "labels.txt").write_text(LABELS_TXT + "4\tn99999999\textra\n")
     with pytest.raises(ModelDirError, match=r"the model has 4 classes but labels.txt has 5"):
-        export.predict_on_spark(spark, str(bad), str(tmp_path), str(tmp_path / "out"))
+        spark_predict.predict_on_spark(spark, str(bad), str(tmp_path), str(tmp_path / "out"))
     with pytest.raises(PredictError, match=r"no images .* and not a dataset"):
-        export.predict_on_spark(spark, str(model_dir), str(tmp_path / "bad" / "saved_model" / "variables"),
-                                str(tmp_path / "out"))
+        spark_predict.predict_on_spark(spark, str(model_dir), str(tmp_path / "bad" / "saved_model" / "variables"),
+                                      str(tmp_path / "out"))
 
 
 PREDICTION_COLUMNS = ["key", "filename", "class", "synset", "name", "probability", "top_k_synsets",
@@ -303,8 +306,8 @@ def test_predict_on_spark_over_a_folder(spark, model_dir, tmp_path):
     (root / ".DS_Store").write_bytes(b"\0\0")
     (root / "c" / "broken.png").write_bytes(b"\x89PNG truncated")
     out = tmp_path / "predictions"
-    rows = export.predict_on_spark(spark, str(model_dir), str(root), str(out), top_k=2, batch_size=3,
-                                   num_partitions=2)
+    rows = spark_predict.predict_on_spark(spark, str(model_dir), str(root), str(out), top_k=2, batch_size=3,
+                                         num_partitions=2)
     assert rows == len(expected) + 1
     table = pq.read_table(out)
     assert table.column_names == PREDICTION_COLUMNS + ["error"]
@@ -320,7 +323,7 @@ def test_predict_on_spark_over_a_folder(spark, model_dir, tmp_path):
     assert got["c/broken.png"]["class"] is None and got["c/broken.png"]["error"]
 
     with pytest.raises(PredictError, match=r"already exists; choose another output or pass overwrite=True"):
-        export.predict_on_spark(spark, str(model_dir), str(root), str(out))
+        spark_predict.predict_on_spark(spark, str(model_dir), str(root), str(out))
 
 
 @pytest.mark.slow
@@ -337,7 +340,7 @@ def test_predict_on_spark_over_a_partitioned_dataset(spark, model_dir, tmp_path)
     truth = {r["filename"]: (r["label"], r["synset"]) for r in validation}
 
     for source, out in ((dst, tmp_path / "p1"), (dst / "validation", tmp_path / "p2")):
-        rows = export.predict_on_spark(spark, str(model_dir), str(source), str(out), batch_size=5)
+        rows = spark_predict.predict_on_spark(spark, str(model_dir), str(source), str(out), batch_size=5)
         assert rows == len(truth) == 12
         table = pq.read_table(out)
         assert table.column_names == PREDICTION_COLUMNS + ["label", "true_synset", "error"]

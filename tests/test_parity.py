@@ -129,8 +129,9 @@ def test_exported_signature_agrees_with_stored_dataset_evaluation_on_digits(tmp_
     class for >= 99% of the 1,797 images. resize_short 48 < 64 so the signature's resize is exercised."""
     import tensorflow as tf
 
+    from imagenet_spark.layout import ModelDir
     from imagenet_spark.models import build, info
-    from imagenet_spark.train.export import MODEL_INFO, export_saved_model
+    from imagenet_spark.serving.export import export_saved_model
 
     image_size, eval_resize, resize_short = 32, 37, 48
     files, labels = _digit_files(tmp_path)
@@ -148,7 +149,7 @@ def test_exported_signature_agrees_with_stored_dataset_evaluation_on_digits(tmp_
     export_dir = tmp_path / "saved_model"
     export_saved_model(model, str(export_dir), model_name="resnet_tiny", image_size=image_size,
                        eval_resize=eval_resize, resize_short=resize_short, **norm)
-    assert json.loads((export_dir / "assets" / MODEL_INFO).read_text())["resize_short"] == resize_short
+    assert json.loads((export_dir / "assets" / ModelDir.MODEL_INFO).read_text())["resize_short"] == resize_short
     serve = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
     served = np.concatenate([serve(image_bytes=tf.constant(files[i:i + 300]),
                                    key=tf.constant([str(k) for k in range(i, min(i + 300, len(files)))]))["classes"]

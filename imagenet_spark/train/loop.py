@@ -448,7 +448,7 @@ def _export(cfg: TrainConfig, plan: RunPlan, weights: list[Any], *, best_checkpo
     import tensorflow as tf
 
     from imagenet_spark.models import build
-    from imagenet_spark.train.export import export_saved_model
+    from imagenet_spark.serving.export import export_saved_model
 
     with tf.distribute.get_strategy().scope():
         plain = build(cfg.model, num_classes=plan.num_classes, image_size=plan.image_size, batch_norm=cfg.batch_norm,
