@@ -203,7 +203,7 @@ def predict_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run_predict_cli(args: argparse.Namespace) -> int:
     from imagenet_spark.jobs import predict
 
-    return export.run_predict_cli(args)
+    return predict.run_predict_cli(args)
 
 
 def _report_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

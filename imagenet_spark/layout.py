@@ -83,11 +83,11 @@ class ModelDir:
         return self.join(LABELS)
 
     @property
-    @property
     def saved_model_pb(self) -> str:
         """The SavedModel's graph file: there once an export is (the export dir is renamed into place whole)."""
         return self.join(self.SAVED_MODEL, SAVED_MODEL_PB)
 
+    @property
     def config_json(self) -> str:
         return self.join(self.CONFIG_JSON)
 
