@@ -28,8 +28,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from imagenet_spark.config import ConfigError
 from imagenet_spark.data import fs
@@ -240,7 +241,7 @@ class Lease:
         held = _read_lease(uri)
         return held is not None and held.token == info.token
 
-    def acquire(self) -> "Lease":
+    def acquire(self) -> Lease:
         fs.make_dirs(self.directory)
         info = self._new_info()
         for _ in range(3):
@@ -298,7 +299,7 @@ class Lease:
             fs.delete(self.uri)
         self._info = None
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

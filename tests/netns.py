@@ -33,9 +33,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from imagenet_spark.ownership import pid_alive
 
@@ -59,7 +59,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def netns_unavailable() -> str | None:
     """None when this process can create namespaces, veths and bridges; otherwise the reason it cannot."""
     if os.geteuid() != 0:
-        return "network namespaces need root (tests run as uid %d)" % os.geteuid()
+        return f"network namespaces need root (tests run as uid {os.geteuid()})"
     if shutil.which("ip") is None:
         return "the `ip` command (iproute2) is not installed"
     probe = f"{PREFIX}{os.getpid()}w99"
@@ -218,7 +218,8 @@ def netns_cluster(workdir: Path, *, workers: int = 2, cores: int = 1, memory: st
         cluster.master_url = f"spark://{cluster.bridge_address}:{port}"
         base_env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_LOG_DIR=str(workdir / "logs"),
                         SPARK_WORKER_DIR=str(workdir / "work"))
-        log_file = open(workdir / "master.log", "w")
+        # Open for the processes' lifetime; closed with the cluster (logs), so no with-block here.
+        log_file = open(workdir / "master.log", "w")  # noqa: SIM115
         logs["master"] = log_file
         cluster.processes["master"] = subprocess.Popen(
             [_spark_class(), "org.apache.spark.deploy.master.Master", "--host", cluster.bridge_address, "--port",
@@ -232,7 +233,7 @@ def netns_cluster(workdir: Path, *, workers: int = 2, cores: int = 1, memory: st
             time.sleep(0.3)
         for i in range(workers):
             _wait_reachable(cluster, i, port)
-            log_file = open(workdir / f"worker{i}.log", "w")
+            log_file = open(workdir / f"worker{i}.log", "w")  # noqa: SIM115
             logs[f"worker{i}"] = log_file
             cluster.processes[f"worker{i}"] = subprocess.Popen(
                 ["ip", "netns", "exec", cluster.namespaces[i], _spark_class(), "org.apache.spark.deploy.worker.Worker",

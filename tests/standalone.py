@@ -15,9 +15,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 
 def _free_port() -> int:
@@ -65,14 +65,15 @@ def standalone_cluster(workdir: Path, *, workers: int = 2, cores: int = 1, memor
     cluster = StandaloneCluster(url, workdir)
     logs = {}
     try:
-        log = open(workdir / "master.log", "w")
+        # Open for the processes' lifetime; closed with the cluster (logs), so no with-block here.
+        log = open(workdir / "master.log", "w")  # noqa: SIM115
         logs["master"] = log
         cluster.processes["master"] = subprocess.Popen(
             [_spark_class(), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
              "--webui-port", str(_free_port())], stdout=log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True)
         for i in range(workers):
-            log = open(workdir / f"worker{i}.log", "w")
+            log = open(workdir / f"worker{i}.log", "w")  # noqa: SIM115
             logs[f"worker{i}"] = log
             cluster.processes[f"worker{i}"] = subprocess.Popen(
                 [_spark_class(), "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores",

@@ -94,7 +94,8 @@ def _observe(cluster: NetnsCluster, seen: dict[int, dict[str, Any]]) -> None:
             entry = seen.setdefault(i, {"pid": pid, "worker": set(), "task": set()})
             if not entry.get("env"):
                 env = _environ(pid)
-                entry["env"] = {k: v for k, v in env.items() if k == "TF_CONFIG" or k.startswith(("HOROVOD_", "IMAGENET_SPARK_BIND"))}
+                entry["env"] = {k: v for k, v in env.items()
+                                if k == "TF_CONFIG" or k.startswith(("HOROVOD_", "IMAGENET_SPARK_BIND"))}
                 try:
                     entry["spec"] = json.loads(Path(cmd[cmd.index("imagenet_spark.train.worker") + 1]).read_text())
                 except (OSError, ValueError, IndexError):

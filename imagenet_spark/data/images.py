@@ -15,10 +15,9 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-
 from PIL import Image, ImageCms, UnidentifiedImageError
 
 # Reasons a file is quarantined. Stable strings: they end up in manifest.json and the rejects table.
@@ -179,8 +178,11 @@ def to_srgb(img: Image.Image, icc: IccPlan, conversions: list[str]) -> Image.Ima
     conversions.append(ICC_TO_SRGB)
     if img.mode == icc.mode:
         conversions.extend({"CMYK": [CMYK], "L": [GRAYSCALE]}.get(img.mode, []))
-        return ImageCms.applyTransform(img, icc.transform)
-    return ImageCms.applyTransform(_to_rgb(img, conversions), icc.transform)
+        src = img
+    else:
+        src = _to_rgb(img, conversions)
+    # Not in place, so Pillow returns the new image (its stubs say Image | None for the in-place form).
+    return cast(Image.Image, ImageCms.applyTransform(src, icc.transform))
 
 
 def _to_rgb(img: Image.Image, conversions: list[str]) -> Image.Image:

@@ -42,10 +42,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 
 from imagenet_spark.data import fs
-from imagenet_spark.errors import ImagenetSparkError
-from imagenet_spark.layout import LABELS
 from imagenet_spark.data.images import LABELS_MISMATCH, OUTSIDE_INPUT_ROOT, READ_ERROR, UNKNOWN_CLASS
 from imagenet_spark.data.synsets import human_name, is_wnid
+from imagenet_spark.errors import ImagenetSparkError
+from imagenet_spark.layout import LABELS
 
 log = logging.getLogger(__name__)
 
@@ -567,7 +567,8 @@ def list_csv(root: str, val_labels: str | None = None, labels_file: str | None =
 def detect(root: str) -> str:
     """Guess the layout of ``root`` from the names at its top; explained in the module docstring."""
     if not fs.exists(root):
-        raise LayoutError(f"input={root!r}: no such file or directory. Fix: check the path (executors must see it too).")
+        raise LayoutError(f"input={root!r}: no such file or directory. "
+                          "Fix: check the path (executors must see it too).")
     if fs.is_file(root):
         if root.endswith(".csv"):
             return "csv"

@@ -3,9 +3,9 @@
 Why a Unischema and not just a Parquet schema: stock ``petastorm.make_reader`` needs it (it is pickled
 into ``_common_metadata``), and keeping one definition means the Arrow schema we write, the Spark schema
 and the reader's expectations cannot drift apart. Petastorm itself is needed only to produce the pickle,
-once, on the legacy stack: the bytes ship as package data, so both stacks write identical metadata. ``synset`` is the Hive partition column
-(``split/synset=<wnid>/part-*.parquet``): like Spark's ``partitionBy``, it lives in the directory name,
-not inside the files.
+once, on the legacy stack: the bytes ship as package data, so both stacks write identical metadata. ``synset``
+is the Hive partition column (``split/synset=<wnid>/part-*.parquet``): like Spark's ``partitionBy``, it lives in
+the directory name, not inside the files.
 
 Row-group rule (checked by the trainer): petastorm gives row group ``i`` (in sorted file order) to worker
 ``i mod N``. The job writes every Parquet file with row groups of exactly ``rows_per_row_group`` rows
@@ -154,7 +154,8 @@ def read_row_groups_per_file(dataset_uri: str) -> dict[str, int]:
     """Row groups per file, as petastorm indexes them."""
     meta = _read_common_metadata(dataset_uri)
     if ROW_GROUPS_PER_FILE_KEY not in meta:
-        raise DatasetError(f"{dataset_uri}/_common_metadata lacks petastorm's row-group index; not a Petastorm dataset.")
+        raise DatasetError(f"{dataset_uri}/_common_metadata lacks petastorm's row-group index; "
+                           "not a Petastorm dataset.")
     return json.loads(meta[ROW_GROUPS_PER_FILE_KEY])
 
 

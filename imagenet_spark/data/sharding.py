@@ -9,8 +9,8 @@ of the larger shards are seen in later epochs, never dropped for good.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from imagenet_spark.data.schema import DatasetError
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from imagenet_spark.models.registry import IMAGENET_MEAN, IMAGENET_STD, BuildOptions, ModelInfo, ModelOptionError
 
@@ -150,7 +151,7 @@ def adaptive_pool_plan(side: int, grid: int) -> tuple[int, int]:
     return grid // common, side // common
 
 
-def build_model(spec: AlexNetSpec, options: BuildOptions) -> "tf.keras.Model":
+def build_model(spec: AlexNetSpec, options: BuildOptions) -> tf.keras.Model:
     """Build the network described by ``spec``; layer names are ``conv{n}``, ``bn{n}``, ``pool{n}``, ``fc{n}``."""
     name = spec.info.name
     side = feature_side(spec, options.image_size)

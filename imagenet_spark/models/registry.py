@@ -16,8 +16,9 @@ import contextlib
 import logging
 import math
 import numbers
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from imagenet_spark.errors import ImagenetSparkError
 
@@ -99,7 +100,7 @@ class BuildOptions:
     zero_init_residual: bool
 
 
-def _catalogue() -> Mapping[str, tuple[Any, Callable[[Any, BuildOptions], "tf.keras.Model"]]]:
+def _catalogue() -> Mapping[str, tuple[Any, Callable[[Any, BuildOptions], tf.keras.Model]]]:
     """Name -> (spec, builder), merged from the architecture modules' spec tables.
 
     Imported here rather than at module level because the architecture modules import
@@ -108,7 +109,7 @@ def _catalogue() -> Mapping[str, tuple[Any, Callable[[Any, BuildOptions], "tf.ke
     """
     from imagenet_spark.models import alexnet, resnet
 
-    table: dict[str, tuple[Any, Callable[[Any, BuildOptions], "tf.keras.Model"]]] = {}
+    table: dict[str, tuple[Any, Callable[[Any, BuildOptions], tf.keras.Model]]] = {}
     for module in (alexnet, resnet):
         for name, spec in module.SPECS.items():
             if name in table:  # pragma: no cover - guards against a copy-paste slip in a spec table.
@@ -122,7 +123,7 @@ def available() -> tuple[str, ...]:
     return tuple(sorted(_catalogue()))
 
 
-def _lookup(name: str) -> tuple[Any, Callable[[Any, BuildOptions], "tf.keras.Model"]]:
+def _lookup(name: str) -> tuple[Any, Callable[[Any, BuildOptions], tf.keras.Model]]:
     table = _catalogue()
     if not isinstance(name, str) or name not in table:
         raise UnknownModelError(name, sorted(table))
@@ -222,7 +223,7 @@ def build(
     bn_epsilon: float = 1e-5,
     zero_init_residual: bool = True,
     dtype_policy: str | None = None,
-) -> "tf.keras.Model":
+) -> tf.keras.Model:
     """Build an uncompiled ``tf.keras.Model`` mapping normalised float32 images to float32 logits.
 
     Input: ``(batch, image_size, image_size, 3)`` channels-last, already mean/std-normalised (see
@@ -269,7 +270,7 @@ def _layer_tree(layer: Any) -> Iterator[Any]:
 _KERNEL_ATTRIBUTES: tuple[str, ...] = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 
-def decay_variables(model: "tf.keras.Model") -> list:
+def decay_variables(model: tf.keras.Model) -> list:
     """The trainable variables that should receive weight decay: conv and dense kernels only.
 
     Why: decaying BN gammas/betas and biases hurts accuracy and is excluded by the standard ImageNet
@@ -287,7 +288,7 @@ def decay_variables(model: "tf.keras.Model") -> list:
     return [v for v in model.trainable_variables if id(v) in kernel_ids]
 
 
-def count_trainable(model: "tf.keras.Model") -> int:
+def count_trainable(model: tf.keras.Model) -> int:
     """Number of trainable scalars: what torchvision's published parameter counts measure.
 
     Keras BN layers also hold moving mean/variance (non-trainable, 2 per channel); torchvision keeps

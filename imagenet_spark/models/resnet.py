@@ -16,9 +16,10 @@ TensorFlow is imported inside :func:`build_model` only; importing this module is
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from imagenet_spark.models.registry import IMAGENET_MEAN, IMAGENET_STD, BuildOptions, ModelInfo, ModelOptionError
 
@@ -187,7 +188,7 @@ def _block(f: _Layers, x: Any, *, kind: BlockKind, width: int, stride: int, name
     return f.relu(y, f"{name}_out")
 
 
-def build_model(spec: ResNetSpec, options: BuildOptions) -> "tf.keras.Model":
+def build_model(spec: ResNetSpec, options: BuildOptions) -> tf.keras.Model:
     """Build the network described by ``spec``; layer names follow ``stage{1-4}_block{n}_{conv,bn}{k}``."""
     name = spec.info.name
     if not options.batch_norm:

@@ -121,7 +121,8 @@ def build_runtime_venv(runtime: dict, venv: Path) -> str:
         shutil.rmtree(venv)
     run([find_python(runtime["python"]), "-m", "venv", str(venv)])
     pins = runtime["pins"] + [f"pyspark=={runtime['spark']}"]
-    log.info("installing the runtime's %d pinned libraries + pyspark==%s into %s", len(pins) - 1, runtime["spark"], venv)
+    log.info("installing the runtime's %d pinned libraries + pyspark==%s into %s", len(pins) - 1, runtime["spark"],
+             venv)
     # Binary wheels only for the pins (nothing compiles); pyspark is an sdist of pure Python.
     run([python, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--only-binary", ":all:",
          "--no-binary", "pyspark", *pins])
@@ -140,7 +141,8 @@ def reset_to_runtime(python: str, venv: Path) -> None:
         tops = top_level_dirs(python)
         # Uninstalling an added distribution that shared a folder with a runtime one deletes the runtime's files
         # too (pip removes by RECORD): reinstall those owners afterwards.
-        owners = sorted({owner for name in added for owner in runtime if tops.get(name, set()) & tops.get(owner, set())})
+        owners = sorted({owner for name in added for owner in runtime
+                         if tops.get(name, set()) & tops.get(owner, set())})
         run([python, "-m", "pip", "uninstall", "-q", "-y", *added], capture_output=True)
         if owners:
             log.info("restoring the runtime's %s", ", ".join(owners))
