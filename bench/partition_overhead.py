@@ -34,8 +34,9 @@ from imagenet_spark.config import PartitionConfig, resolve, to_dict
 log = logging.getLogger("bench.partition_overhead")
 
 
-def _noop(task: dict) -> dict:
-    return {"pid": os.getpid(), "n": len(task.get("items", ())), "pad": "x" * 600}
+def _noop(task: object) -> dict[str, object]:
+    """A task that does nothing but answer with a result of a real one's size (its worker's pid for reuse)."""
+    return {"pid": os.getpid(), "pad": "x" * 600}
 
 
 def main() -> int:

@@ -84,8 +84,8 @@ def run_script(script: Script, size: Size, lock: str | None, results: Path) -> t
     if script.locks_itself and lock:
         cmd += ["--lock", lock]
     env = {**os.environ, FIGURES_ENV: str(out), "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")}
-    log.info("=== %s: %s", script.name, " ".join(cmd))
     with held(None if script.locks_itself else lock):
+        log.info("=== %s: %s", script.name, " ".join(cmd))
         started = time.monotonic()
         rc = subprocess.run(cmd, env=env, check=False).returncode
         seconds = time.monotonic() - started
