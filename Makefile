@@ -47,8 +47,7 @@ test-fast: setup  ## skip slow/cluster tests
 LINT_PATHS := imagenet_spark jobs tests bench tools
 lint: setup  ## ruff (ruff.toml) on the code and tests, mypy (setup.cfg [mypy]; strict on the new modules)
 ifeq ($(STACK),current)
-	$(VENV)/bin/ruff check $(LINT_PATHS)
-	$(VENV)/bin/mypy
+	@rc=0; $(VENV)/bin/ruff check $(LINT_PATHS) || rc=1; $(VENV)/bin/mypy || rc=1; exit $$rc  # both report, then fail
 else
 	@echo "lint: skipped on STACK=$(STACK) (ruff and mypy gate the current stack only)"
 endif
