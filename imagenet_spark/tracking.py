@@ -290,7 +290,7 @@ class Tracker:
             return
         history = result.get("history")
         if history is None:
-            from imagenet_spark.train.loop import read_metrics
+            from imagenet_spark.train.reporting import read_metrics
 
             with self._guard("read metrics.json"):
                 history = read_metrics(model_dir)

@@ -268,7 +268,7 @@ def _run_trial(spark: Any, cfg: TuneConfig, study: Any, trial: Any, record: Tria
     import optuna
 
     from imagenet_spark.spark.barrier import run_training
-    from imagenet_spark.train.loop import read_metrics
+    from imagenet_spark.train.reporting import read_metrics
 
     started = time.monotonic()
     label = f"trial {record.trial}"

@@ -17,7 +17,7 @@ tf = pytest.importorskip("tensorflow")
 CLASSES, SIZE, BATCH = 3, 8, 4
 
 
-def _model(seed: int) -> "tf.keras.Model":
+def _model(seed: int) -> tf.keras.Model:
     tf.keras.utils.set_random_seed(seed)
     inputs = tf.keras.Input((SIZE, SIZE, 3))
     x = tf.keras.layers.Conv2D(4, 3, use_bias=False)(inputs)
@@ -26,14 +26,14 @@ def _model(seed: int) -> "tf.keras.Model":
     return tf.keras.Model(inputs, tf.keras.layers.Dense(CLASSES)(x))
 
 
-def _data() -> "tf.data.Dataset":
+def _data() -> tf.data.Dataset:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH * 4, SIZE, SIZE, 3)).astype("float32")
     y = np.eye(CLASSES, dtype=np.float32)[rng.integers(0, CLASSES, BATCH * 4)]
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).repeat()
 
 
-def _steps(model: "tf.keras.Model", average: WeightAverage | None) -> tuple[object, object]:
+def _steps(model: tf.keras.Model, average: WeightAverage | None) -> tuple[object, object]:
     from imagenet_spark.distribute.backends import make_backend
     from imagenet_spark.distribute.context import WorkerContext
     from imagenet_spark.train.steps import make_step_functions
@@ -71,7 +71,7 @@ def test_average_of_the_training_step_matches_numpy(warmup):
     expected = _reference(history, initial, 0.8, warmup)
     got = average.values()
     assert len(got) == len(initial) == 7, "conv kernel, BN gamma/beta/moving mean/variance, dense kernel+bias"
-    for g, e, w in zip(got, expected, history[-1]):
+    for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
     moving_mean = next(i for i, v in enumerate(model.weights) if "moving_mean" in v.name)
     assert not np.allclose(got[moving_mean], history[-1][moving_mean]), "the BN moving statistics are averaged too"

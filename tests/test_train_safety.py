@@ -25,7 +25,7 @@ import pytest
 from imagenet_spark import jsonio, ownership
 from imagenet_spark.config import ConfigError, PartitionConfig, TrainConfig, resolve, to_dict
 from imagenet_spark.spark.barrier import run_training
-from imagenet_spark.train.loop import DivergedError
+from imagenet_spark.train.divergence import DivergedError
 from imagenet_spark.train.planning import check_model_dir
 
 

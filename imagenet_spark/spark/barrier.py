@@ -39,8 +39,10 @@ from imagenet_spark.spark.jobs import SparkJobError, run_barrier
 from imagenet_spark.spark.preflight import check_spark_conf, check_training_paths, with_absolute_paths
 from imagenet_spark.spark.session import executors_in_driver_jvm
 from imagenet_spark.tracking import Tracker
-from imagenet_spark.train.loop import RunPlan, failure_error, read_metrics
+from imagenet_spark.train.divergence import failure_error
+from imagenet_spark.train.loop import RunPlan
 from imagenet_spark.train.planning import check_model_dir, make_run_plan, prepare_model_dir
+from imagenet_spark.train.reporting import read_metrics
 
 log = logging.getLogger(__name__)
 

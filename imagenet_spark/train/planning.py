@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 from imagenet_spark import jsonio, ownership
 from imagenet_spark.config import TrainConfig, to_dict
 from imagenet_spark.data import fs
 from imagenet_spark.data.augment import augment_spec
 from imagenet_spark.data.schema import DatasetError
+from imagenet_spark.layout import DatasetDir, ModelDir
 from imagenet_spark.models import eval_resize_for
 from imagenet_spark.models import info as model_info
-from imagenet_spark.train.loop import CHECKPOINTS, LABELS, METRICS, SAVED_MODEL, TENSORBOARD, RunPlan
+from imagenet_spark.train.loop import RunPlan
 from imagenet_spark.train.schedules import steps_for, warmup_clamp_note
 
 log = logging.getLogger(__name__)
 
-CONFIG_JSON = "config.json"
 # Settings that may change when resuming a run (everything else must match the run being resumed).
 _RESUMABLE = {"epochs", "max_retries", "fail_at_step", "fail_rank", "inject_port_conflict_rank",
               "progress_every_s", "slots_wait_s",
@@ -35,20 +34,19 @@ _RESUMABLE = {"epochs", "max_retries", "fail_at_step", "fail_rank", "inject_port
 def make_run_plan(cfg: TrainConfig) -> RunPlan:
     from imagenet_spark.data.reader import load_plan
 
-    manifest_uri = fs.join(cfg.data, "manifest.json")
-    if not fs.exists(manifest_uri):
-        hint = " (an interrupted partition run: rerun it with --resume)" if fs.exists(fs.join(cfg.data, "_staging")) \
-            else ""
-        raise DatasetError(f"data={cfg.data!r}: no manifest.json, so not a finished dataset{hint}. Fix: point --data at "
-                           "the --output of jobs/partition.py.")
-    labels = [line for line in fs.read_text(fs.join(cfg.data, LABELS)).splitlines() if line.strip()]
+    dataset = DatasetDir(cfg.data)
+    if not dataset.is_finished():
+        hint = " (an interrupted partition run: rerun it with --resume)" if dataset.is_interrupted() else ""
+        raise DatasetError(f"data={cfg.data!r}: no {DatasetDir.MANIFEST}, so not a finished dataset{hint}. Fix: point "
+                           "--data at the --output of jobs/partition.py.")
+    labels = [line for line in fs.read_text(dataset.labels).splitlines() if line.strip()]
     info = model_info(cfg.model)
     image_size = cfg.image_size or info.image_size
     eval_resize = info.eval_resize if cfg.image_size is None else eval_resize_for(image_size)
     train = load_plan(cfg.data, "train", workers=cfg.workers, per_worker_batch=cfg.per_worker_batch,
                       shard_by=cfg.shard_by, drop_remainder=True)
     validation = None
-    if fs.exists(fs.join(cfg.data, "validation", "_common_metadata")):
+    if dataset.has_split("validation"):
         validation = load_plan(cfg.data, "validation", workers=cfg.workers, per_worker_batch=cfg.per_worker_batch,
                                drop_remainder=False)
     if cfg.export == "best" and validation is None:
@@ -56,7 +54,7 @@ def make_run_plan(cfg: TrainConfig) -> RunPlan:
                            "validation split. Fix: --set export=last, or partition a dataset with validation images.")
     total = steps_for(cfg.epochs, train.steps_per_epoch)
     augment = augment_spec(cfg, eval_resize=eval_resize)
-    manifest = json.loads(fs.read_text(manifest_uri))
+    manifest = json.loads(fs.read_text(dataset.manifest))
     plan = RunPlan(num_classes=len(labels), image_size=image_size, eval_resize=eval_resize, mean=info.mean,
                    std=info.std, train=train, validation=validation, steps_per_epoch=train.steps_per_epoch,
                    total_steps=total, resize_short=manifest.get("config", {}).get("resize_short"),
@@ -79,14 +77,14 @@ _MODEL_DIR_KEYS = frozenset({"data", "model_dir", "model", "global_batch_size", 
 def is_model_dir(directory: str) -> bool:
     """Whether ``directory`` is a model dir the trainer wrote before it marked its dirs (ownership.MARKER): its
     config.json is a JSON object holding TrainConfig's keys. A dataset, or a user's folder, is not."""
-    uri = fs.join(directory, CONFIG_JSON)
+    uri = ModelDir(directory).config_json
     try:
         if not fs.is_file(uri):
             return False
         data = json.loads(fs.read_text(uri))
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and _MODEL_DIR_KEYS <= set(data)
+    return isinstance(data, dict) and set(data) >= _MODEL_DIR_KEYS
 
 
 def check_model_dir(cfg: TrainConfig) -> bool:
@@ -103,12 +101,13 @@ def prepare_model_dir(cfg: TrainConfig) -> str:
     refused (resuming it would silently mix runs) unless --overwrite, which deletes only the files the trainer
     writes, and only in a dir it marked as its own (checked again here: the caller holds the dir's lease now)."""
     check_model_dir(cfg)
-    config_uri = fs.join(cfg.model_dir, CONFIG_JSON)
-    has_state = fs.exists(fs.join(cfg.model_dir, CHECKPOINTS)) or fs.exists(config_uri)
+    model_dir = ModelDir(cfg.model_dir)
+    config_uri = model_dir.config_json
+    has_state = model_dir.has_state()
     if has_state and cfg.overwrite:
-        for name in (CHECKPOINTS, TENSORBOARD, METRICS, SAVED_MODEL, LABELS, CONFIG_JSON):
-            if fs.exists(fs.join(cfg.model_dir, name)):
-                fs.delete(fs.join(cfg.model_dir, name))
+        for name in ModelDir.TRAINER_FILES:
+            if fs.exists(model_dir.join(name)):
+                fs.delete(model_dir.join(name))
         has_state = False
     mode = "new"
     current = to_dict(cfg)
@@ -126,6 +125,6 @@ def prepare_model_dir(cfg: TrainConfig) -> str:
     fs.make_dirs(cfg.model_dir)
     ownership.write_mark(cfg.model_dir, "model_dir")
     fs.write_text_atomic(config_uri, jsonio.dumps(current, indent=1))
-    labels = fs.read_text(fs.join(cfg.data, LABELS))
-    fs.write_text_atomic(fs.join(cfg.model_dir, LABELS), labels)
+    labels = fs.read_text(DatasetDir(cfg.data).labels)
+    fs.write_text_atomic(model_dir.labels, labels)
     return mode

@@ -117,7 +117,7 @@ def keras_schedule(schedule: Schedule) -> Any:
                count=lambda conditions: tf.add_n([tf.cast(c, tf.float32) for c in conditions] or [tf.zeros([])]),
                const=lambda value: tf.constant(value, tf.float32))
 
-    class _Schedule(tf.keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[misc]
+    class _Schedule(tf.keras.optimizers.schedules.LearningRateSchedule):
         def __call__(self, step: Any) -> Any:
             return rate(schedule, tf.cast(step, tf.float32), ops)
 
