@@ -55,7 +55,7 @@ def _prepare(work: Path, classes: int, per_class: int, reuse: bool) -> Path:
     print(f"generated {len(blobs)} JPEGs ({mean_kb:.0f} KB mean) in {time.perf_counter() - t0:.1f} s")
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from imagenet_spark.data.partition import run_partition
+    from imagenet_spark.jobs.partition import run_partition
     from imagenet_spark.spark.session import build_session
 
     spark = build_session("bench-input", master="local[2]",

@@ -47,7 +47,7 @@ def make_dataset(work: Path) -> Path:
     """A tiny dataset written by the real partition job (its own Spark session, stopped before the runs)."""
     from imagenet_spark.config import PartitionConfig, resolve
     from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
-    from imagenet_spark.data.partition import run_partition
+    from imagenet_spark.jobs.partition import run_partition
     from imagenet_spark.spark.session import build_session
 
     write_ilsvrc(work / "raw", FakeSpec(num_classes=4, train_per_class=40, val_per_class=8, image_size=(40, 40)))

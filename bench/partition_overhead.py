@@ -56,7 +56,9 @@ def main() -> int:
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from imagenet_spark.data import images, layouts, resume
-    from imagenet_spark.data.partition import pack_target, plan_tasks, process_task, run_partition
+    from imagenet_spark.data.partition import process_task
+    from imagenet_spark.data.tasks import pack_target, plan_tasks
+    from imagenet_spark.jobs.partition import run_partition
     from imagenet_spark.spark.session import build_session
 
     cfg = resolve(PartitionConfig, explicit=dict(input=str(work / "tree"), output=str(work / "out")))

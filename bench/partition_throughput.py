@@ -96,7 +96,7 @@ def baseline_per_core(files: list[Path], cores: int) -> float:
 
 
 def _job(spark: Any, src: Path, dst: Path) -> dict[str, Any]:
-    from imagenet_spark.data.partition import run_partition
+    from imagenet_spark.jobs.partition import run_partition
 
     preset = Path(__file__).parents[1] / "conf/partition/imagenet.yaml"
     cfg = resolve(PartitionConfig, preset=preset, explicit=dict(input=str(src), output=str(dst)))

@@ -35,7 +35,7 @@ log = logging.getLogger("bench.task_cpus")
 def _dataset(work: Path, image_size: int, batch: int, steps: int) -> Path:
     from imagenet_spark.config import PartitionConfig, resolve
     from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
-    from imagenet_spark.data.partition import run_partition
+    from imagenet_spark.jobs.partition import run_partition
     from imagenet_spark.spark.session import build_session
 
     per_class = batch * steps // 4 + 8

@@ -88,7 +88,7 @@ def launch_latency() -> None:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from imagenet_spark.config import PartitionConfig, TrainConfig, resolve
     from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
-    from imagenet_spark.data.partition import run_partition
+    from imagenet_spark.jobs.partition import run_partition
     from imagenet_spark.spark.barrier import run_training
     from imagenet_spark.spark.session import build_session
 

@@ -60,7 +60,7 @@ def _explicit(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 
 
 def run_partition_cli(args: argparse.Namespace) -> int:
-    from imagenet_spark.data.partition import run_partition
+    from imagenet_spark.jobs.partition import run_partition
     from imagenet_spark.spark.preflight import check_submitted_conf
     from imagenet_spark.spark.session import build_session, ship_package
 

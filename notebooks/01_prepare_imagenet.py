@@ -5,7 +5,7 @@
 # MAGIC Turns raw ImageNet (any of its layouts: ILSVRC folders, the `.tar` downloads, Kaggle, class folders, CSV) into
 # MAGIC the Petastorm Parquet dataset the trainer reads: cleaned, resized, re-encoded, partitioned by synset, with a
 # MAGIC manifest that accounts for every input. The work is the partition job of the library
-# MAGIC (`imagenet_spark.data.partition.run_partition`), the same as `spark-submit jobs/partition.py`.
+# MAGIC (`imagenet_spark.jobs.partition.run_partition`), the same as `spark-submit jobs/partition.py`.
 # MAGIC
 # MAGIC **Widgets.** `input`: the raw dataset (a path the executors can read: `/dbfs/...`, `dbfs:/...`, `s3a://...`);
 # MAGIC leave it empty to generate a small synthetic ImageNet in the work folder. `output`: where the dataset is
@@ -21,7 +21,7 @@
 
 from imagenet_spark import notebook as nb
 from imagenet_spark.config import PartitionConfig, resolve
-from imagenet_spark.data.partition import run_partition
+from imagenet_spark.jobs.partition import run_partition
 from imagenet_spark.report import manifest_tables, render_sample_grid
 
 nb.setup_logging()

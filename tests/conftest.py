@@ -33,7 +33,7 @@ def dataset(spark, tmp_path_factory):
     Shared by the training tests (modules with their own ``dataset`` fixture override it)."""
     from imagenet_spark.config import PartitionConfig, resolve
     from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
-    from imagenet_spark.data.partition import run_partition
+    from imagenet_spark.jobs.partition import run_partition
 
     root = tmp_path_factory.mktemp("small")
     write_ilsvrc(root / "raw", FakeSpec(num_classes=4, train_per_class=60, val_per_class=15, image_size=(48, 40),

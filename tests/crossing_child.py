@@ -43,7 +43,7 @@ def _keras_version(tf: Any) -> str:
 def write(out: Path) -> dict[str, Any]:
     from imagenet_spark.config import PartitionConfig, resolve
     from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
-    from imagenet_spark.data.partition import run_partition
+    from imagenet_spark.jobs.partition import run_partition
     from imagenet_spark.spark.session import build_session
 
     write_ilsvrc(out / "raw", FakeSpec(num_classes=4, train_per_class=60, val_per_class=15, image_size=(48, 40),

@@ -26,7 +26,7 @@ from PIL import Image
 
 from imagenet_spark.config import PartitionConfig, resolve
 from imagenet_spark.data import images
-from imagenet_spark.data.partition import run_partition
+from imagenet_spark.jobs.partition import run_partition
 
 pytestmark = pytest.mark.slow
 

@@ -80,7 +80,7 @@ def _centre(data: bytes) -> np.ndarray:
 
 
 def _partition(spark, root: Path, out: Path, **settings):
-    from imagenet_spark.data.partition import run_partition
+    from imagenet_spark.jobs.partition import run_partition
 
     explicit = dict(input=str(root), output=str(out), images_per_task=4, rows_per_row_group=4, **settings)
     return run_partition(spark, resolve(PartitionConfig, explicit=explicit))
@@ -322,7 +322,7 @@ def test_empty_class_folder_and_all_rejected_class_stay_classes(spark, tmp_path,
     (root / "cherry").mkdir()  # empty
     _write_class(root / "date", (50, 50, 200), 4)
     (root / ".hidden").mkdir()
-    with caplog.at_level(logging.WARNING, logger="imagenet_spark.data.partition"):
+    with caplog.at_level(logging.WARNING, logger="imagenet_spark.data.manifest"):
         manifest = _partition(spark, root, tmp_path / "out", max_reject_fraction=0.5)
     labels = (tmp_path / "out" / "labels.txt").read_text().splitlines()
     assert [line.split("\t")[:2] for line in labels] == [["0", "apple"], ["1", "banana"], ["2", "cherry"],

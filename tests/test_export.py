@@ -330,7 +330,7 @@ def test_predict_on_spark_over_a_folder(spark, model_dir, tmp_path):
 def test_predict_on_spark_over_a_partitioned_dataset(spark, model_dir, tmp_path):
     from imagenet_spark.config import PartitionConfig, resolve
     from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
-    from imagenet_spark.data.partition import run_partition
+    from imagenet_spark.jobs.partition import run_partition
 
     raw, dst = tmp_path / "raw", tmp_path / "ds"
     write_ilsvrc(raw, FakeSpec(num_classes=4, train_per_class=1, val_per_class=3, image_size=(48, 40)))

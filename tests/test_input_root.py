@@ -22,7 +22,7 @@ from PIL import Image
 
 from imagenet_spark.config import ConfigError, PartitionConfig, resolve
 from imagenet_spark.data import fs, images, layouts
-from imagenet_spark.data.partition import run_partition
+from imagenet_spark.jobs.partition import run_partition
 
 SECRET = b"SECRET-BYTES-0f3e9c1d-never-in-the-output"
 
@@ -313,8 +313,9 @@ def test_reject_bytes_are_capped(spark, tmp_path):
 def test_listing_changed_after_listing_is_checked_again_on_read(tmp_path, outside):
     """The executor re-checks each path where it reads it: a file swapped for a link out of the root between
     listing and reading is rejected, not read (the listing alone cannot promise that)."""
-    from imagenet_spark.data.partition import plan_tasks, process_task
     from imagenet_spark.config import to_dict
+    from imagenet_spark.data.partition import process_task
+    from imagenet_spark.data.tasks import plan_tasks
 
     root = tmp_path / "root"
     (root / "cls").mkdir(parents=True)
@@ -325,7 +326,7 @@ def test_listing_changed_after_listing_is_checked_again_on_read(tmp_path, outsid
     cfg = _cfg(root, tmp_path / "ds")
     [task] = plan_tasks(listing, 8)
     result = process_task(task, to_dict(cfg), str(tmp_path / "staging"))
-    assert [(f, r) for f, r, _ in result["rejects"]] == [("cls/a.jpg", images.OUTSIDE_INPUT_ROOT)]
+    assert [(f, r) for f, r, _ in result.rejects] == [("cls/a.jpg", images.OUTSIDE_INPUT_ROOT)]
     for path in (tmp_path / "staging").rglob("*"):
         assert not path.is_file() or SECRET not in path.read_bytes()
-    assert json.loads(json.dumps(result))["written"] == 0
+    assert json.loads(json.dumps(to_dict(result)))["written"] == 0

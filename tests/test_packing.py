@@ -14,8 +14,9 @@ from PIL import Image
 
 from imagenet_spark.config import PartitionConfig, resolve
 from imagenet_spark.data import layouts, resume
-from imagenet_spark.data.partition import PartitionError, pack_target, plan_tasks, run_partition
+from imagenet_spark.data.tasks import PartitionError, pack_target, plan_tasks
 from imagenet_spark.data.tfrecord import shard_count
+from imagenet_spark.jobs.partition import run_partition
 
 
 def _jpeg(rng: random.Random, size: tuple[int, int] = (20, 16)) -> bytes:
@@ -52,20 +53,20 @@ def test_small_classes_are_packed_and_large_classes_split(tmp_path):
     sizes = {"a_big": 37, **{f"b{i:02d}": 3 for i in range(10)}, "c_mid": 16}
     listing = layouts.discover(str(_tree(tmp_path / "raw", sizes)))
     tasks = plan_tasks(listing, 16, pack_images=16)
-    units = [u for t in tasks for u in t["units"]]
+    units = [u for t in tasks for u in t.units]
     # one unit (one Parquet file) per class slice: a_big is cut into 16 + 16 + 5, the others are whole
-    assert [(u["synset"], u["index"], len(u["items"])) for u in units][:4] == [
+    assert [(u.synset, u.index, len(u.items)) for u in units][:4] == [
         ("a_big", 0, 16), ("a_big", 1, 16), ("a_big", 2, 5), ("b00", 0, 3)]
-    assert sorted(u["id"] for u in units) == [u["id"] for u in units] and len({u["id"] for u in units}) == len(units)
-    per_task = [[u["synset"] for u in t["units"]] for t in tasks]
+    assert sorted(u.id for u in units) == [u.id for u in units] and len({u.id for u in units}) == len(units)
+    per_task = [[u.synset for u in t.units] for t in tasks]
     assert per_task == [["a_big"], ["a_big"], ["a_big", "b00", "b01", "b02"], ["b03", "b04", "b05", "b06", "b07"],
                         ["b08", "b09"], ["c_mid"]]
-    assert all(sum(len(u["items"]) for u in t["units"]) <= 16 for t in tasks)
-    assert [t["id"] for t in tasks] == [t["units"][0]["id"] for t in tasks]
+    assert all(len(t.items()) <= 16 for t in tasks)
+    assert [t.id for t in tasks] == [t.units[0].id for t in tasks]
     # every listed file in exactly one unit; the plan is deterministic, keys included
-    assert sorted(i[1] for t in tasks for i in resume.task_items(t)) == sorted(i.filename for i in listing.items)
+    assert sorted(i.filename for t in tasks for i in t.items()) == sorted(i.filename for i in listing.items)
     again = plan_tasks(layouts.discover(listing.root), 16, pack_images=16)
-    assert [(t["id"], t["key"]) for t in again] == [(t["id"], t["key"]) for t in tasks]
+    assert [(t.id, t.key) for t in again] == [(t.id, t.key) for t in tasks]
     # unpacked: one task per class slice, as before packing existed
     assert len(plan_tasks(listing, 16)) == len(units) == 3 + 10 + 1
 
@@ -78,13 +79,13 @@ def test_packs_never_mix_splits_and_keys_follow_their_inputs(tmp_path):
     listing = layouts.discover(str(root))
     stats = resume.input_stats(listing)
     tasks = plan_tasks(listing, 16, stats, pack_images=16)
-    assert [(t["split"], [u["synset"] for u in t["units"]]) for t in tasks] == [
+    assert [(t.split, [u.synset for u in t.units]) for t in tasks] == [
         ("train", ["a", "b"]), ("validation", ["a", "b"])]
     changed = dict(stats)
     uri = next(i.uri for i in listing.items if i.filename == "train/b/b_01.jpg")
     changed[uri] = (stats[uri][0] + 1, stats[uri][1])
     rekeyed = plan_tasks(listing, 16, changed, pack_images=16)
-    assert [t["key"] == u["key"] for t, u in zip(tasks, rekeyed)] == [False, True]
+    assert [t.key == u.key for t, u in zip(tasks, rekeyed)] == [False, True]
 
 
 def test_pack_target_aims_at_three_tasks_per_slot_within_bounds(tmp_path):

@@ -18,8 +18,9 @@ from imagenet_spark.config import ConfigError, PartitionConfig, resolve
 from imagenet_spark.data import images
 from imagenet_spark.data.fake import FakeSpec, write_folders, write_ilsvrc, write_tar
 from imagenet_spark.data.layouts import LayoutError
-from imagenet_spark.data.partition import PartitionError, run_partition
 from imagenet_spark.data.schema import read_row_group_rows
+from imagenet_spark.data.tasks import PartitionError
+from imagenet_spark.jobs.partition import run_partition
 from imagenet_spark.spark.jobs import SparkJobError
 
 SMALL = dict(num_classes=4, train_per_class=10, val_per_class=3, image_size=(64, 48))

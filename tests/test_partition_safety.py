@@ -3,6 +3,7 @@ input across resumes (issue #14). Real Spark local[2], real files, a real driver
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,9 +21,11 @@ from PIL import Image
 
 from imagenet_spark import ownership
 from imagenet_spark.config import ConfigError, PartitionConfig, resolve
-from imagenet_spark.data import layouts, resume
+from imagenet_spark.data import layouts
 from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
-from imagenet_spark.data.partition import PartitionError, build_manifest, plan_tasks, run_partition
+from imagenet_spark.data.manifest import build_manifest
+from imagenet_spark.data.tasks import PartitionError, PartitionTask, TaskResult, plan_tasks
+from imagenet_spark.jobs.partition import run_partition
 from imagenet_spark.spark.jobs import SparkJobError
 
 SMALL = dict(num_classes=4, train_per_class=10, val_per_class=3, image_size=(64, 48))
@@ -139,7 +142,7 @@ VICTIM = textwrap.dedent("""
     import json, logging, sys
     logging.basicConfig(level=logging.INFO)
     from imagenet_spark.config import PartitionConfig, resolve
-    from imagenet_spark.data.partition import run_partition
+    from imagenet_spark.jobs.partition import run_partition
     from imagenet_spark.spark.session import build_session
     # One slot and a fresh Python worker per task: slow enough to be caught mid-run.
     spark = build_session("victim", master="local[1]", conf={"spark.ui.enabled": "false",
@@ -291,19 +294,18 @@ def test_manifest_refuses_a_name_both_written_and_rejected(raw):
     listing = layouts.discover(str(raw))
     tasks = plan_tasks(listing, cfg.images_per_task)
 
-    def result(task: dict, **kw) -> dict:
-        n = len(resume.task_items(task))
-        base = dict(id=task["id"], split=task["split"], counts={u["synset"]: len(u["items"]) for u in task["units"]},
-                    inputs=n, written=n, rejects=[], conversions={}, skipped=[], files={}, input_bytes=0,
-                    bytes_written=0, seconds=0.0)
-        return {**base, **kw}
+    def result(task: PartitionTask, **kw) -> TaskResult:
+        n = len(task.items())
+        base = dict(id=task.id, split=task.split, counts={u.synset: len(u.items) for u in task.units},
+                    inputs=n, written=n)
+        return TaskResult(**{**base, **kw})
 
     results = [result(t) for t in tasks]
     manifest = build_manifest(cfg, listing, results, 1.0, tasks=tasks)
-    assert manifest["totals"]["listed"] == manifest["totals"]["written"] == len(listing.items)
-    victim = resume.task_items(tasks[-1])[0][1]
-    stale = result({**tasks[-1], "id": "validation/_rejected/00000"}, written=0, counts={},
-                   rejects=[(victim, "labels_count_mismatch", "stale")])
+    assert manifest.totals.listed == manifest.totals.written == len(listing.items)
+    victim = tasks[-1].items()[0].filename
+    stale = result(dataclasses.replace(tasks[-1], id="validation/_rejected/00000"), written=0, counts={},
+                   rejects=((victim, "labels_count_mismatch", "stale"),))
     with pytest.raises(PartitionError, match=r"1 result\(s\) of tasks not in this run's plan.*accounted for more"):
         build_manifest(cfg, listing, results + [stale], 1.0, tasks=tasks)
     with pytest.raises(PartitionError, match=r"1 planned task\(s\) have no result.*neither written, rejected"):

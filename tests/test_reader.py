@@ -13,7 +13,7 @@ import pytest
 from imagenet_spark.config import PartitionConfig, TrainConfig, resolve
 from imagenet_spark.data import reader
 from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
-from imagenet_spark.data.partition import run_partition
+from imagenet_spark.jobs.partition import run_partition
 from imagenet_spark.data.schema import DatasetError
 from imagenet_spark.distribute.context import WorkerContext
 

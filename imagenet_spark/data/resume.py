@@ -15,7 +15,7 @@ slices were kept beside new ones: inputs silently dropped, or an image both writ
 * :func:`accounting_problems` proves, for the manifest, that every listed input name is in exactly one of
   written, rejected and skipped.
 
-No Spark here; the driver calls these around the Spark job.
+No Spark here; the driver (``imagenet_spark.jobs.partition``) calls these around the Spark job.
 """
 
 from __future__ import annotations
@@ -26,24 +26,31 @@ import logging
 import os
 import posixpath
 import zlib
-from collections import Counter
-from typing import Any, Iterable
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from imagenet_spark.config import ConfigError, PartitionConfig
 from imagenet_spark.data import fs, layouts
+from imagenet_spark.layout import DatasetDir
+
+if TYPE_CHECKING:  # tasks.plan_tasks calls task_key: the records are imported for annotations only
+    from imagenet_spark.data.tasks import PartitionTask, TaskResult
 
 log = logging.getLogger(__name__)
 
-PLAN = "_plan.json"  # in staging: task id -> key, for every task whose result may be on disk
-# In staging: the listing fingerprint of the run that made staging, zlib-compressed JSON (not ".gz": pyarrow
-# streams (de)compress by that extension on their own).
-FINGERPRINT = "_inputs.json.zlib"
 # Labels files a layout reads from the input root (besides the labels_file / val_labels settings).
 LABEL_FILES = ("synset_labels.txt", "validation/synset_labels.txt", "LOC_val_solution.csv", "LOC_synset_mapping.txt",
                "train.csv", "validation.csv", "val.csv", "labels.txt")
 _NO_STAT = (-1, -1)
+# Settings that change every task's output: a resume must keep them. The others may change on --resume:
+# max_reject_fraction, num_partitions, tfrecord; labels_file and val_labels reach the task keys (a fixed
+# labels file redoes the tasks whose labels it changed).
+RUN_KEYS = ("input", "layout", "resize_short", "quality", "max_pixels", "images_per_task", "rows_per_row_group")
+PACK_KEY = "pack_images"  # in run.json beside RUN_KEYS: the packing target, derived (not a setting)
 
 
 def input_stats(listing: layouts.Listing) -> dict[str, tuple[int, int]]:
@@ -74,20 +81,19 @@ def input_stats(listing: layouts.Listing) -> dict[str, tuple[int, int]]:
     return {u: stats.get(u, _NO_STAT) for u in uris}
 
 
-def task_items(task: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """The listed inputs of a files task, over all its units (classes packed together), in order."""
-    return [item for unit in task["units"] for item in unit["items"]]
-
-
-def task_key(task: dict[str, Any], stats: dict[str, tuple[int, int]]) -> str:
+def task_key(task: PartitionTask, stats: dict[str, tuple[int, int]]) -> str:
     """A hash of everything a task's output depends on besides the run settings (``run.json`` pins those):
-    for a files task, per unit (one class's file) its id and label and per input its listing and stat."""
-    if task["kind"] == "archive":
-        covered: Any = [task["label"], list(task["archive"]), list(stats.get(task["archive"][0], _NO_STAT))]
+    for a files task, per unit (one class's file) its id and label and per input its listing and stat.
+
+    The material is the JSON the keys have always hashed (tests/test_partition_records.py pins known keys),
+    so a staging dir written by an earlier version resumes."""
+    if task.archive is not None:
+        a = task.archive
+        covered: Any = [task.label, [a.uri, a.filename, a.offset, a.size], list(stats.get(a.uri, _NO_STAT))]
     else:
-        covered = [[unit["id"], unit["label"], [[*item, *stats.get(item[0], _NO_STAT)] for item in unit["items"]]]
-                   for unit in task["units"]]
-    material = json.dumps([task["id"], covered], sort_keys=True, default=str)
+        covered = [[unit.id, unit.label, [[*item.key_fields(), *stats.get(item.uri, _NO_STAT)] for item in unit.items]]
+                   for unit in task.units]
+    material = json.dumps([task.id, covered], sort_keys=True, default=str)
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -146,22 +152,25 @@ def write_json_z(uri: str, value: Any) -> None:
     fs.move(uri + ".tmp", uri)
 
 
-def kept_results(tasks_dir: str, plan_uri: str, tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def kept_results(tasks_dir: str, plan_uri: str, tasks: list[PartitionTask]) -> dict[str, TaskResult]:
     """The committed results a resume may reuse: those of a task still planned, computed under the same key.
 
     Every other result file is deleted here, before the caller writes the new plan: a crash in between then
     leaves results that are merely missing (redone next time), never results trusted under the wrong key.
     Staging without a plan (written before keys existed) keeps nothing."""
+    from imagenet_spark.data.tasks import TaskResult  # here: data.tasks imports this module for task_key
+
     previous = json.loads(fs.read_text(plan_uri)) if fs.exists(plan_uri) else {}
-    current = {t["id"]: t["key"] for t in tasks}
-    kept: dict[str, dict[str, Any]] = {}
+    current = {t.id: t.key for t in tasks}
+    kept: dict[str, TaskResult] = {}
     stale = []
     entries = fs.list_files(tasks_dir) if fs.exists(tasks_dir) else []
     for entry in entries:
         result = json.loads(fs.read_text(entry.uri)) if entry.relpath.endswith(".json") else None
         task_id = result.get("id") if isinstance(result, dict) else None
-        if task_id in current and previous.get(task_id) == current[task_id] and task_id not in kept:
-            kept[task_id] = result  # type: ignore[assignment]
+        if isinstance(task_id, str) and task_id in current and previous.get(task_id) == current[task_id] \
+                and task_id not in kept:
+            kept[task_id] = TaskResult.from_json(result)  # type: ignore[arg-type]
         else:
             stale.append(entry.uri)
     if entries and not previous:
@@ -221,41 +230,41 @@ def _remove_empty_dirs(staging: str, deleted: list[str]) -> None:
             fs.delete(uri)
 
 
-def accounting_problems(listing: layouts.Listing, tasks: list[dict[str, Any]],
-                        results: list[dict[str, Any]]) -> tuple[int, str]:
+def accounting_problems(listing: layouts.Listing, tasks: list[PartitionTask],
+                        results: list[TaskResult]) -> tuple[int, str]:
     """(inputs listed, '' or what is wrong): every listed name must be written, rejected or skipped, once.
 
     The driver knows each file task's input names, so for those the check is per name (written = the task's
     names minus those it rejected). Archive members are known only to the task that expanded them: they count
     as listed as the task reports them, and their rejected or skipped names must still be distinct."""
-    by_id = {t["id"]: t for t in tasks}
+    by_id = {t.id: t for t in tasks}
     listed = Counter(i.filename for i in listing.items) + Counter(name for name, _why in listing.skipped)
     seen = Counter(name for name, _why in listing.skipped)
     members = 0
     problems = []
-    unplanned = sorted(r["id"] for r in results if r["id"] not in by_id)
+    unplanned = sorted(r.id for r in results if r.id not in by_id)
     if unplanned:
         problems.append(f"{len(unplanned)} result(s) of tasks not in this run's plan: {unplanned[:5]}")
-    missing_results = sorted(by_id.keys() - {r["id"] for r in results})
+    missing_results = sorted(by_id.keys() - {r.id for r in results})
     if missing_results:
         problems.append(f"{len(missing_results)} planned task(s) have no result: {missing_results[:5]}")
     for r in results:
-        task = by_id.get(r["id"])
-        rejected = [reject[0] for reject in r["rejects"]]
-        skipped = [s[0] for s in r.get("skipped", ())]
+        task = by_id.get(r.id)
+        rejected = [reject[0] for reject in r.rejects]
+        skipped = [s[0] for s in r.skipped]
         seen.update(rejected)
         seen.update(skipped)
         if task is None:
             continue
-        if task["kind"] == "archive":
+        if task.kind == "archive":
             listed.update(rejected)
             listed.update(skipped)
-            members += r["written"]
+            members += r.written
             continue
         rejected_here = set(rejected)
-        written = [item[1] for item in task_items(task) if item[1] not in rejected_here]
-        if len(written) != r["written"]:
-            problems.append(f"task {r['id']}: {r['written']} written but {len(written)} of its inputs not rejected")
+        written = [item.filename for item in task.items() if item.filename not in rejected_here]
+        if len(written) != r.written:
+            problems.append(f"task {r.id}: {r.written} written but {len(written)} of its inputs not rejected")
         seen.update(written)
     doubled = sorted(n for n, c in seen.items() if c > listed.get(n, 0))
     lost = sorted(n for n, c in listed.items() if seen.get(n, 0) < c)
@@ -264,3 +273,57 @@ def accounting_problems(listing: layouts.Listing, tasks: list[dict[str, Any]],
     if lost:
         problems.append(f"{len(lost)} listed name(s) neither written, rejected nor skipped: {lost[:5]}")
     return sum(listed.values()) + members, "; ".join(problems)
+
+
+def stored_pack_target(cfg: PartitionConfig, staging: DatasetDir) -> int | None:
+    """On ``--resume``, the packing target of the interrupted run (``run.json``): the plan must not change
+    with the cluster's size (a resume on other hardware would redo every task); None when there is none."""
+    if not cfg.resume or not fs.exists(staging.run_json):
+        return None
+    stored = json.loads(fs.read_text(staging.run_json)).get(PACK_KEY)
+    return stored if isinstance(stored, int) and stored > 0 else None
+
+
+def _check_run_settings(cfg: PartitionConfig, staging: DatasetDir, packing: int | None) -> None:
+    """Refuse a resume whose output settings differ from the interrupted run's; store them on a first run."""
+    current = {k: getattr(cfg, k) for k in RUN_KEYS}
+    if fs.exists(staging.run_json):
+        previous = json.loads(fs.read_text(staging.run_json))
+        changed = {k: (previous.get(k), v) for k, v in current.items() if previous.get(k) != v}
+        if changed:
+            key, (old, new) = next(iter(changed.items()))
+            raise ConfigError(key, new, f"differs from the interrupted run being resumed ({old!r}).",
+                              "resume with the same settings, or pass --overwrite to start over.")
+    else:
+        fs.write_text_atomic(staging.run_json, json.dumps({**current, PACK_KEY: packing}))
+
+
+def reconcile(cfg: PartitionConfig, staging: DatasetDir, listing: layouts.Listing, tasks: list[PartitionTask],
+              stats: dict[str, tuple[int, int]], packing: int | None = None) -> tuple[dict[str, TaskResult],
+                                                                                       dict[str, Any]]:
+    """Reconcile staging with this run; returns (the committed results to reuse, what changed in the input).
+
+    The settings must be those of the interrupted run (``run.json``). The input is listed anew and compared
+    with the fingerprint stored by the first run (added, removed, changed files; labels files changed). A
+    result is reused only if its task's key is unchanged; other results, and every file in staging that no
+    reused result accounts for, are deleted before any task runs, so no input is dropped and none ends up
+    both written and rejected. The new fingerprint and task plan are stored for the next resume."""
+    _check_run_settings(cfg, staging, packing)
+    labels = {s: getattr(cfg, s) for s in ("labels_file", "val_labels") if getattr(cfg, s)}
+    now = fingerprint(listing, stats, labels)
+    before = read_json_z(staging.fingerprint) if cfg.resume else None
+    changes = summarize_changes(listing_changes(before, now)) if before is not None else {}
+    done = kept_results(staging.tasks, staging.plan, tasks)
+    files: dict[str, set[str]] = defaultdict(set)
+    rejected: Counter[str] = Counter()
+    for r in done.values():
+        files[r.split].update(r.files)
+        rejected.update(reject[0] for reject in r.rejects)
+    deleted = sweep(staging.root, layouts.SPLITS, DatasetDir.REJECTS, files, rejected)
+    fs.write_text_atomic(staging.plan, json.dumps({t.id: t.key for t in tasks}))
+    write_json_z(staging.fingerprint, now)
+    if cfg.resume:
+        log.info("--resume: input since the interrupted run: %s; %d of %d tasks committed with unchanged inputs "
+                 "are kept, %d stale file(s) deleted from staging", json.dumps(changes) if changes else
+                 "no fingerprint to compare", len(done), len(tasks), len(deleted))
+    return done, changes

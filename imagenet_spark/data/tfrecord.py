@@ -14,18 +14,16 @@ images is nothing but overhead. The record format does not depend on the count.
 
 from __future__ import annotations
 
-import logging
 import math
 import posixpath
 import time
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
+from imagenet_spark.config import from_dict, to_dict
 from imagenet_spark.data import fs
+from imagenet_spark.layout import Split
 
-log = logging.getLogger(__name__)
-
-TFRECORD_DIR = "tfrecord"
-Split = Literal["train", "validation"]
 # imagenet_to_gcs's records per shard on ImageNet: ceil(1,281,167 / 1024) and ceil(50,000 / 128); the same
 # rule gives ImageNet its 1024 + 128 shards and a small dataset one shard per ~1,252 (~391) images.
 RECORDS_PER_SHARD: dict[str, int] = {"train": 1252, "validation": 391}
@@ -46,7 +44,42 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}"
 
 
-def _write_shard(task: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RowGroupRef:
+    """Row group ``index`` of the Parquet file ``file`` (``synset=X/part-N.parquet``, relative to the split)."""
+
+    file: str
+    index: int
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to write (driver → executor): the split's folder, its row groups, the shard's final URI."""
+
+    split_dir: str
+    row_groups: tuple[RowGroupRef, ...]
+    out: str
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What a shard task wrote (executor → driver)."""
+
+    shard: str
+    records: int
+    seconds: float
+
+    @property
+    def split(self) -> str:
+        return self.shard.split("-", 1)[0]
+
+
+def write_shard_task(task: dict[str, Any]) -> dict[str, Any]:
+    """The Spark-side entry: :func:`write_shard` between the plain dicts Spark carries."""
+    return to_dict(write_shard(from_dict(ShardTask, task)))
+
+
+def write_shard(task: ShardTask) -> ShardResult:
     """Executor: write one shard from its (file, row group) list. TensorFlow is imported here only."""
     started = time.monotonic()
     import pyarrow.parquet as pq
@@ -58,16 +91,16 @@ def _write_shard(task: dict[str, Any]) -> dict[str, Any]:
     def _int(v: int) -> Any:
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
 
-    out_uri = task["out"]
+    out_uri = task.out
     tmp = posixpath.join(posixpath.dirname(out_uri), "." + posixpath.basename(out_uri) + ".tmp")
     fs.make_dirs(posixpath.dirname(out_uri))
     records = 0
     with tf.io.TFRecordWriter(fs.normalize(tmp) if "://" not in out_uri else tmp) as writer:
-        for rel, row_group in task["row_groups"]:
-            synset = rel.split("/", 1)[0].split("=", 1)[1]
-            filesystem, path = fs.resolve(fs.join(task["split_dir"], rel))
+        for ref in task.row_groups:
+            synset = ref.file.split("/", 1)[0].split("=", 1)[1]
+            filesystem, path = fs.resolve(fs.join(task.split_dir, ref.file))
             with filesystem.open_input_file(path) as f:
-                table = pq.ParquetFile(f).read_row_group(row_group)
+                table = pq.ParquetFile(f).read_row_group(ref.index)
             for row in table.to_pylist():
                 example = tf.train.Example(features=tf.train.Features(feature={
                     "image/encoded": _bytes(row["image"]),
@@ -83,35 +116,4 @@ def _write_shard(task: dict[str, Any]) -> dict[str, Any]:
                 writer.write(example.SerializeToString())
                 records += 1
     fs.move(tmp, out_uri)
-    return {"shard": posixpath.basename(out_uri), "records": records, "seconds": round(time.monotonic() - started, 3)}
-
-
-def write_tfrecords(spark: Any, staging: str, manifest: dict[str, Any], cfg: Any) -> dict[str, int]:
-    """Write every split's shards under ``staging/tfrecord``; returns records per split. The manifest gets
-    ``tfrecord``: shards and records per split, and the seconds the shard tasks worked."""
-    from imagenet_spark.spark.jobs import run_tasks
-
-    overrides = {"train": cfg.tfrecord_train_shards, "validation": cfg.tfrecord_validation_shards}
-    counts: dict[str, int] = {}
-    tasks = []
-    total_rows = sum(manifest["split_sizes"].values()) or 1
-    for split, files in manifest["_row_group_rows"].items():
-        groups = [(rel, g) for rel, rows in sorted(files.items()) for g in range(len(rows))]
-        records = sum(sum(rows) for rows in files.values())
-        split_bytes = manifest["bytes"]["written"] * records // total_rows  # the split's share of the JPEG bytes
-        shards = counts[split] = shard_count(split, records, split_bytes, len(groups), overrides[split])
-        for index in range(shards):
-            tasks.append({
-                "split_dir": fs.join(staging, split),
-                "row_groups": groups[index::shards],
-                "out": fs.join(staging, TFRECORD_DIR, shard_name(split, index, shards)),
-            })
-    results = run_tasks(spark, tasks, _write_shard, description="imagenet-spark tfrecord shards")
-    per_split: dict[str, int] = {}
-    for r in results:
-        split = r["shard"].split("-", 1)[0]
-        per_split[split] = per_split.get(split, 0) + r["records"]
-    manifest["tfrecord"] = {"shards": {s: counts[s] for s in per_split}, "records": per_split,
-                            "seconds": round(sum(r["seconds"] for r in results), 2)}
-    log.info("wrote TFRecord shards: %s", manifest["tfrecord"])
-    return per_split
+    return ShardResult(posixpath.basename(out_uri), records, round(time.monotonic() - started, 3))
