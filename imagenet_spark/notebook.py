@@ -285,7 +285,7 @@ def sample_images(data: str, folder: str, *, split: str = "validation", count: i
     """Copy ``count`` stored images of a dataset split to ``folder`` as JPEG files (named by their true synset),
     standing in for uploaded pictures when the notebook is given none; returns the folder."""
     from imagenet_spark.data import fs
-    from imagenet_spark.report import read_samples
+    from imagenet_spark.data.samples import read_samples
 
     for i, sample in enumerate(read_samples(data, split=split, count=count)):
         fs.write_bytes(fs.join(folder, f"{i:02d}_{sample.synset}.jpg"), sample.image)

@@ -22,7 +22,8 @@
 from imagenet_spark import notebook as nb
 from imagenet_spark.config import PartitionConfig, resolve
 from imagenet_spark.jobs.partition import run_partition
-from imagenet_spark.report import manifest_tables, render_sample_grid
+from imagenet_spark.data.samples import manifest_tables
+from imagenet_spark.report import render_sample_grid
 
 nb.setup_logging()
 work = nb.work_dir()

@@ -13,10 +13,17 @@ from PIL import Image
 
 from imagenet_spark.config import PartitionConfig, TrainConfig, resolve
 from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
+from imagenet_spark.data.samples import manifest_tables, read_samples
 from imagenet_spark.jobs.partition import run_partition
+from imagenet_spark.report import (
+    ReportError,
+    figure_size,
+    render_report,
+    render_sample_grid,
+    report_parser,
+    run_report_cli,
+)
 from imagenet_spark.serving.evaluation import EvaluationError, evaluate_rows
-from imagenet_spark.report import (ReportError, figure_size, manifest_tables, read_samples, render_report,
-                                   render_sample_grid, report_parser, run_report_cli)
 from imagenet_spark.spark.barrier import run_training
 
 CLASSES = 3
