@@ -52,7 +52,8 @@ def test_two_workers_train_export_and_predict(spark, dataset, tmp_path):
     raw = dataset.parent / "raw"
     script = ("import sys, pathlib, tensorflow as tf; m = tf.saved_model.load(sys.argv[1]);"
               "f = m.signatures['serving_default']; raw = pathlib.Path(sys.argv[2]);"
-              "files = sorted((raw / 'validation').iterdir()); labels = (raw / 'synset_labels.txt').read_text().split();"
+              "files = sorted((raw / 'validation').iterdir());"
+              " labels = (raw / 'synset_labels.txt').read_text().split();"
               "classes = sorted(set(labels)); out = f(image_bytes=tf.constant([p.read_bytes() for p in files]),"
               " key=tf.constant([p.name for p in files]));"
               "acc = sum(int(c) == classes.index(l) for c, l in zip(out['classes'].numpy(), labels)) / len(files);"
@@ -147,6 +148,17 @@ def test_port_taken_between_exchange_and_bind_is_relaunched(spark, dataset, tmp_
     assert "taken before it could bind" in result["attempts"][0]["error"]
 
 
+def test_the_plan_logs_the_warmup_clamp_once(dataset, tmp_path, caplog):
+    """--epochs 1 with a 5-epoch warmup: the driver says once that the warmup was clamped (the workers build the
+    same schedule silently, tests/test_schedules.py)."""
+    from imagenet_spark.train.planning import make_run_plan
+
+    caplog.set_level(logging.INFO, logger="imagenet_spark")
+    plan = make_run_plan(_train_cfg(dataset, tmp_path / "m", epochs=1, warmup_epochs=5))
+    assert caplog.text.count("warmup: 5 epoch(s) asked, 0.333333 used") == 1
+    assert plan.total_steps == plan.steps_per_epoch
+
+
 def test_single_worker_runs_on_the_driver(spark, dataset, tmp_path, capfd, caplog):
     model_dir = tmp_path / "m"
     caplog.set_level(logging.INFO, logger="imagenet_spark")  # the worker logs at the driver's level
@@ -156,7 +168,8 @@ def test_single_worker_runs_on_the_driver(spark, dataset, tmp_path, capfd, caplo
     assert (model_dir / "saved_model" / "saved_model.pb").exists()
     # workers sized to their task, logged at start (distribute/threads.py); the dataset's short side reaches the
     # export, whose signature resizes original images to it (train/serve parity)
-    assert "rank 0: 2 CPUs (cpus_per_worker, no Spark task): intra-op 2, inter-op 2, tf.data 2" in capfd.readouterr().err
+    assert "rank 0: 2 CPUs (cpus_per_worker, no Spark task): intra-op 2, inter-op 2, tf.data 2" \
+        in capfd.readouterr().err
     info = json.loads((model_dir / "saved_model" / "assets" / "model_info.json").read_text())
     assert info["resize_short"] == 40
 
@@ -255,7 +268,7 @@ def test_spark_submit_local_mode_exits_after_barrier_training(dataset, tmp_path)
     assert proc.returncode == 0, out[-4000:]
     assert "training finished in 1 attempt(s)" in out
     assert "augment=light: random-resized crop area 0.64-1, aspect 0.875-1.14, flip 0.5, RandAugment N=2 M=9" in out
-    assert "warmup: 5 epoch(s) asked, 0.333333 used" in out
+    assert out.count("warmup: 5 epoch(s) asked, 0.333333 used") == 1, "logged by the driver's plan, not every rank"
 
 
 _EMA_SCRIPT = """
