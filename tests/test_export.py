@@ -27,8 +27,10 @@ from PIL import Image
 from imagenet_spark import cli
 from imagenet_spark.data.synsets import ilsvrc2012
 from imagenet_spark.jobs import predict as spark_predict
+from imagenet_spark.jobs.evaluate import evaluate_on_spark
 from imagenet_spark.models import registry
 from imagenet_spark.serving import export, predict
+from imagenet_spark.serving.evaluation import evaluate_rows
 from imagenet_spark.serving.export import ExportError
 from imagenet_spark.serving.labels import LabelsError, ModelDirError, load_labels
 from imagenet_spark.serving.predict import PredictError
@@ -348,3 +350,10 @@ def test_predict_on_spark_over_a_partitioned_dataset(spark, model_dir, tmp_path)
             assert r["key"] == r["filename"] and (r["label"], r["true_synset"]) == truth[r["filename"]]
             assert r["error"] is None and 0 <= r["class"] < 4 and len(r["top_k_synsets"]) == 4
             assert sum(r["top_k_probabilities"]) == pytest.approx(1.0, abs=1e-4)
+
+    # Evaluation on Spark aggregates the same table as evaluate_rows does in memory: the same figures.
+    evaluation = evaluate_on_spark(spark, str(model_dir), str(dst), output=str(tmp_path / "p3"), top_k=2)
+    in_memory = evaluate_rows(pq.read_table(tmp_path / "p3").to_pylist(), names=dict(load_labels(str(model_dir))),
+                              k=2)
+    assert (evaluation.images, evaluation.errors, evaluation.k) == (12, 0, 2)
+    assert evaluation == in_memory
