@@ -86,7 +86,7 @@ def _launch(role: str, backend: str, args: argparse.Namespace, out_dir: Path) ->
 
 
 def _step_worker(args: argparse.Namespace) -> dict[str, Any]:
-    from imagenet_spark.config import TrainConfig
+    from imagenet_spark.config import Recipe, TrainConfig
     from imagenet_spark.distribute.backends import make_backend
     from imagenet_spark.distribute.context import WorkerContext
 
@@ -100,7 +100,7 @@ def _step_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     classes = 10
     cfg = TrainConfig(data="-", model_dir="-", model=args.model, workers=2, backend=args.backend,
-                      global_batch_size=args.batch, weight_decay=1e-4, label_smoothing=0.1)
+                      global_batch_size=args.batch, recipe=Recipe(weight_decay=1e-4, label_smoothing=0.1))
     per_worker = args.batch // 2
     tf.keras.utils.set_random_seed(1)
     rng = np.random.default_rng(args.rank)

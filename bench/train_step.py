@@ -31,7 +31,7 @@ def step_ratio(model_name: str, image_size: int, batch: int, steps: int) -> None
     import numpy as np
     import tensorflow as tf
 
-    from imagenet_spark.config import TrainConfig
+    from imagenet_spark.config import Recipe, TrainConfig
     from imagenet_spark.distribute.backends import make_backend
     from imagenet_spark.distribute.context import WorkerContext
     from imagenet_spark.models import build, decay_variables
@@ -39,7 +39,7 @@ def step_ratio(model_name: str, image_size: int, batch: int, steps: int) -> None
 
     classes = 10
     cfg = TrainConfig(data="-", model_dir="-", model=model_name, workers=1, backend="off", global_batch_size=batch,
-                      weight_decay=1e-4, label_smoothing=0.1)
+                      recipe=Recipe(weight_decay=1e-4, label_smoothing=0.1))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch * 8, image_size, image_size, 3)).astype("float32")
     y = tf.one_hot(rng.integers(0, classes, size=batch * 8), classes).numpy()

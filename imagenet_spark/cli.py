@@ -8,10 +8,11 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, Callable, Sequence
+import typing
+from typing import Any, Callable, Mapping, Sequence
 
 from imagenet_spark import logs
-from imagenet_spark.config import ConfigError, PartitionConfig, resolve
+from imagenet_spark.config import Backend, ConfigError, Export, Layout, Metric, PartitionConfig, ShardBy, resolve
 from imagenet_spark.errors import ImagenetSparkError
 
 log = logging.getLogger("imagenet_spark")
@@ -20,7 +21,8 @@ log = logging.getLogger("imagenet_spark")
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML preset (conf/...); later flags override it")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any setting, e.g. --set quality=85 (repeatable)")
+                        help="override any setting by its dotted key, e.g. --set quality=85 or "
+                             "--set recipe.base_lr=0.2 (repeatable)")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
 
 
@@ -35,7 +37,7 @@ def partition_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
         prog="jobs/partition.py", description="Raw ImageNet (any layout) → Petastorm Parquet partitioned by synset.")
     parser.add_argument("--input", help="dataset root (path or URI: file:, hdfs:, s3a:, dbfs:)")
     parser.add_argument("--output", help="output dataset directory (path or URI)")
-    parser.add_argument("--layout", choices=["auto", "ilsvrc", "tar", "kaggle", "folders", "csv"])
+    parser.add_argument("--layout", choices=typing.get_args(Layout))
     parser.add_argument("--resize-short", dest="resize_short", type=_int_or_none,
                         help="short side after resize (default 256; 'none' keeps the original)")
     parser.add_argument("--quality", type=int, help="JPEG quality (default 90)")
@@ -55,8 +57,10 @@ _PARTITION_FLAGS = ("input", "output", "layout", "resize_short", "quality", "ove
                     "tfrecord")
 
 
-def _explicit(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+def _explicit(args: argparse.Namespace, names: Sequence[str] | Mapping[str, str]) -> dict[str, Any]:
+    """The flags given, by setting key (``names`` maps a flag's dest to a dotted key where they differ)."""
+    keys = names if isinstance(names, Mapping) else {n: n for n in names}
+    return {key: getattr(args, dest) for dest, key in keys.items() if getattr(args, dest, None) is not None}
 
 
 def run_partition_cli(args: argparse.Namespace) -> int:
@@ -86,19 +90,19 @@ def train_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--model-dir", dest="model_dir", help="checkpoints, metrics, TensorBoard, saved_model")
     parser.add_argument("--model", help="alexnet, resnet18/34/50/101/152, or a tiny variant")
     parser.add_argument("--workers", type=int, help="TensorFlow workers = barrier tasks (default 1)")
-    parser.add_argument("--backend", choices=["off", "mirrored", "mwms", "horovod"])
+    parser.add_argument("--backend", choices=typing.get_args(Backend))
     parser.add_argument("--epochs", type=float)
     parser.add_argument("--global-batch-size", dest="global_batch_size", type=int,
                         help="images per step over all workers; the learning rate scales with it")
     parser.add_argument("--image-size", dest="image_size", type=int, help="input size (default: the model's)")
-    parser.add_argument("--shard-by", dest="shard_by", choices=["row_group", "synset"])
+    parser.add_argument("--shard-by", dest="shard_by", choices=typing.get_args(ShardBy))
     parser.add_argument("--max-retries", dest="max_retries", type=int,
                         help="relaunches of the barrier stage after a failure, each resuming from a checkpoint")
     parser.add_argument("--fail-at-step", dest="fail_at_step", type=int,
                         help="fault injection: rank fail_rank crashes once at this global step")
     parser.add_argument("--overwrite", action="store_true", default=None,
                         help="start over in a model dir that holds another run")
-    parser.add_argument("--export", choices=["best", "last"],
+    parser.add_argument("--export", choices=typing.get_args(Export),
                         help="export the last epoch's weights (default) or the best evaluated epoch's (best_metric)")
     parser.add_argument("--master", default="local[*]",
                         help="Spark master when not launched by spark-submit (default local[*])")
@@ -106,8 +110,11 @@ def train_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
-_TRAIN_FLAGS = ("data", "model_dir", "model", "workers", "backend", "epochs", "global_batch_size", "image_size",
-                "shard_by", "max_retries", "fail_at_step", "overwrite", "export")
+# Flag (argparse dest) -> the setting's dotted key.
+_TRAIN_FLAGS = {"data": "data", "model_dir": "model_dir", "model": "model", "workers": "workers", "backend": "backend",
+                "epochs": "epochs", "global_batch_size": "global_batch_size", "image_size": "image_size",
+                "shard_by": "input.shard_by", "max_retries": "launch.max_retries",
+                "fail_at_step": "faults.fail_at_step", "overwrite": "overwrite", "export": "output.export"}
 
 
 def _run_barrier_job(app_name: str, master: str, work: Callable[[Any], str]) -> int:
@@ -156,7 +163,7 @@ def tune_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     parser.add_argument("--max-parallel-trials", dest="max_parallel_trials", type=int,
                         help="trials at once, when the cluster has slots for them")
     parser.add_argument("--sampler", choices=["tpe", "random"])
-    parser.add_argument("--metric", choices=["val_top1", "val_top5", "val_loss"])
+    parser.add_argument("--metric", choices=typing.get_args(Metric))
     parser.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier search there")
     parser.add_argument("--resume", action="store_true", default=None,
                         help="continue a search whose driver died: keep finished trials, resume unfinished ones")

@@ -4,17 +4,28 @@ Why one mechanism: every job resolves its configuration exactly once, on the dri
 the dataclass defaults, a YAML preset (which may itself derive from another preset via ``base:``),
 dotted overrides and explicit command-line flags. The result is frozen and validated before any
 Spark work starts, and crosses to executors as a plain dict (``to_dict``).
+
+Why TrainConfig has sections (``cfg.recipe.base_lr``): 70 settings in one flat bag hid what belongs together
+and what may change when a run resumes; now each field says it (``metadata={"resumable": True}``) and the
+model dir's check reads it from the class. The old flat names (``--set base_lr=0.2``, flat presets, flat
+config.json of older model dirs) still work, mapped to their section with one deprecation warning.
+
+Why this module is over 400 lines: the generic machinery (coercion, presets, keys) and the two job configs
+it serves are one contract that every job and test imports from here; split, the pieces would import each other.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import math
 import types
 import typing
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -23,6 +34,31 @@ from imagenet_spark.errors import ImagenetSparkError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Enumerations, spelled once: fields are typed with them, _coerce and check_values refuse other values, argparse
+# and the notebooks' widgets take their choices from typing.get_args(...).
+Backend = Literal["off", "mirrored", "mwms", "horovod"]
+Schedule = Literal["cosine", "step", "constant"]
+Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
+# row_group: class-mixed shards (petastorm row group i -> worker i mod N); synset: each worker its own synsets
+ShardBy = Literal["row_group", "synset"]
+# last: the weights after the final epoch; best: the evaluated epoch with the best ``best_metric``
+Export = Literal["last", "best"]
+# Validation metrics an epoch records (the search and --export best rank epochs by them)
+Metric = Literal["val_top1", "val_top5", "val_loss"]
+# auto: petastorm where it is installed (legacy stack), else parquet (pyarrow only: nothing unpickled)
+TrainReader = Literal["auto", "petastorm", "parquet"]
+# The partition job's input layouts (data/layouts.py)
+Layout = Literal["auto", "ilsvrc", "tar", "kaggle", "folders", "csv"]
+# The train transform's presets (data/augment.py PRESETS): imagenet = Inception crop + flip (the default), light =
+# a milder crop for small or centred images, none = the eval transform.
+AugmentPreset = Literal["imagenet", "light", "none"]
+BACKENDS: tuple[Backend, ...] = typing.get_args(Backend)
+# Whether larger is better, per metric (a Mapping keyed by the Literal: mypy checks the keys against it).
+VAL_METRICS: Mapping[Metric, bool] = types.MappingProxyType({"val_top1": True, "val_top5": True, "val_loss": False})
+# Warmup is at most this fraction of the run (train/schedules.py effective_warmup_epochs): every preset's warmup
+# is within it, and any positive --epochs works with the default 5 warmup epochs.
+WARMUP_MAX_FRACTION = 1.0 / 3.0
 
 
 class ConfigError(ImagenetSparkError, ValueError):
@@ -35,6 +71,12 @@ class ConfigError(ImagenetSparkError, ValueError):
         if fix:
             message += f" Fix: {fix}"
         super().__init__(message)
+
+
+class FlatSettingWarning(FutureWarning):
+    """A setting was named the old flat way (``base_lr``) instead of by its section (``recipe.base_lr``).
+    A FutureWarning, not a DeprecationWarning: the people who see it type --set and presets, and Python hides
+    DeprecationWarning outside ``__main__``."""
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
@@ -54,7 +96,7 @@ def _coerce(setting: str, tp: Any, value: Any) -> Any:
         if optional:
             return None
         raise ConfigError(setting, value, "this setting cannot be empty.")
-    if dataclasses.is_dataclass(inner):
+    if isinstance(inner, type) and dataclasses.is_dataclass(inner):
         if isinstance(value, inner):
             return value
         if not isinstance(value, Mapping):
@@ -106,18 +148,85 @@ def _coerce(setting: str, tp: Any, value: Any) -> Any:
     return value
 
 
-def check_finite(config: Any) -> None:
-    """Refuse nan/inf in any float setting (also inside tuples) of a config however it was built: ``resolve``
-    already refuses them while parsing, this catches configs made with the constructor or ``replace``. Why:
-    ``nan`` passes every range check written as a comparison (``nan <= 0`` is False) and then trains to a NaN
-    model; absurd but finite values stay allowed (the trainer's divergence check stops those)."""
+def check_values(config: Any, prefix: str = "") -> None:
+    """Refuse nan/inf in any float setting (also inside tuples) and a value outside its Literal, in a config
+    however it was built: ``resolve`` already refuses them while parsing, this catches configs made with the
+    constructor or ``with_settings``. Why: ``nan`` passes every range check written as a comparison
+    (``nan <= 0`` is False) and then trains to a NaN model; absurd but finite values stay allowed (the trainer's
+    divergence check stops those)."""
+    hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        items = value if isinstance(value, tuple) else (value,)
-        for item in items:
+        setting = prefix + field.name
+        if dataclasses.is_dataclass(value):
+            check_values(value, f"{setting}.")
+            continue
+        inner, _optional = _strip_optional(hints[field.name])
+        if typing.get_origin(inner) is Literal and value is not None and value not in typing.get_args(inner):
+            raise ConfigError(setting, value, f"must be one of {', '.join(map(str, typing.get_args(inner)))}.")
+        for item in value if isinstance(value, tuple) else (value,):
             if isinstance(item, float) and not math.isfinite(item):
-                raise ConfigError(field.name, value, "must be a finite number (not nan or inf).",
-                                  f"give {field.name} a finite value.")
+                raise ConfigError(setting, value, "must be a finite number (not nan or inf).",
+                                  f"give {setting} a finite value.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Keys: dotted names of the settings, sections, the old flat names
+
+
+def _sections(cls: type) -> dict[str, type]:
+    """The fields of ``cls`` that are sections (frozen dataclasses of settings), by name."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for field in dataclasses.fields(cls):
+        inner, _optional = _strip_optional(hints[field.name])
+        if dataclasses.is_dataclass(inner):
+            out[field.name] = typing.cast(type, inner)
+    return out
+
+
+def setting_fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    """Every leaf setting of ``cls`` by its dotted key (``recipe.base_lr``; a top-level field by its name)."""
+    sections = _sections(cls)
+    out: dict[str, dataclasses.Field[Any]] = {}
+    for field in dataclasses.fields(cls):
+        if field.name in sections:
+            out.update({f"{field.name}.{f.name}": f for f in dataclasses.fields(sections[field.name])})
+        else:
+            out[field.name] = field
+    return out
+
+
+def flat_names(cls: type) -> dict[str, str]:
+    """Old flat name -> dotted key, for every setting that now lives in a section (``base_lr`` ->
+    ``recipe.base_lr``): the one table that maps flat --set keys, flat presets and old config.json files."""
+    return {key.split(".", 1)[1]: key for key in setting_fields(cls) if "." in key}
+
+
+def resumable_settings(cls: type) -> frozenset[str]:
+    """Dotted keys of the settings marked ``resumable``: those that may differ when a run is resumed."""
+    return frozenset(key for key, field in setting_fields(cls).items() if field.metadata.get("resumable"))
+
+
+def _nearest(cls: type, key: str) -> str | None:
+    """The known setting closest to a mistyped ``key`` (compared with dotted keys and their flat names)."""
+    candidates = {name: name for name in setting_fields(cls)}
+    candidates.update({flat: dotted for flat, dotted in flat_names(cls).items() if flat not in candidates})
+    match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return candidates[match[0]] if match else None
+
+
+def canonical_key(cls: type, key: str, *, setting: str, problem: str = "unknown setting.") -> str:
+    """The dotted key of ``key`` (dotted already, or an old flat name), or ConfigError naming ``setting``, the
+    key and the nearest known setting."""
+    known = setting_fields(cls)
+    if key in known:
+        return key
+    if key in flat_names(cls):
+        return flat_names(cls)[key]
+    nearest = _nearest(cls, key)
+    raise ConfigError(setting, key, problem,
+                      f"did you mean {nearest}?" if nearest else "see the presets in conf/ for the settings.")
 
 
 def _build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
@@ -125,12 +234,10 @@ def _build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(
-            prefix + unknown[0],
-            values[unknown[0]],
-            "unknown setting.",
-            f"valid settings here are: {', '.join(sorted(names))}.",
-        )
+        nearest = _nearest(cls, unknown[0])
+        hint = f"did you mean {prefix}{nearest}? " if nearest else ""
+        raise ConfigError(prefix + unknown[0], values[unknown[0]], "unknown setting.",
+                          f"{hint}valid settings here are: {', '.join(sorted(names))}.")
     kwargs = {k: _coerce(prefix + k, hints[k], v) for k, v in values.items()}
     return cls(**kwargs)
 
@@ -142,6 +249,68 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = _merge(dict(out[key]), value)
         else:
             out[key] = value
+    return out
+
+
+def _nest(cls: type, values: Mapping[str, Any], flat_used: list[str]) -> dict[str, Any]:
+    """Settings in nested sections, whether given nested, by dotted key (``recipe.base_lr``) or by an old flat
+    name (``base_lr``: appended to ``flat_used`` for the deprecation warning). Unknown keys pass through, for
+    ``_build`` to refuse with the nearest known one."""
+    aliases = flat_names(cls)
+    sections = _sections(cls)
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in aliases:
+            flat_used.append(key)
+            key = aliases[key]
+        head, dot, rest = key.partition(".")
+        if dot and head in sections:
+            out = _merge(out, {head: {rest: value}})
+        else:
+            out = _merge(out, {key: value})
+    return out
+
+
+def _warn_flat(cls: type, flat_used: Sequence[str]) -> None:
+    """One warning per resolved config, naming each flat name used and its dotted key."""
+    aliases = flat_names(cls)
+    names = ", ".join(f"{name} -> {aliases[name]}" for name in dict.fromkeys(flat_used))
+    example = aliases[flat_used[0]]
+    warnings.warn(f"flat setting names are deprecated: {names}. Write the dotted key (--set {example}=...) or nest "
+                  f"it under its section in a preset ({example.split('.')[0]}: {{{example.split('.')[1]}: ...}}).",
+                  FlatSettingWarning, stacklevel=3)
+
+
+def merge_settings(cls: type, *layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Layers of settings (nested, dotted or old flat names; later ones win) as one nested mapping, with one
+    deprecation warning naming every flat name used."""
+    flat_used: list[str] = []
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values = _merge(values, _nest(cls, layer, flat_used))
+    if flat_used:
+        _warn_flat(cls, flat_used)
+    return values
+
+
+def keyed_by_setting(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A mapping keyed by settings of ``cls`` (a search space, or values for one: tune.py) with every key made
+    dotted: nested sections (``recipe: {base_lr: ...}``, as ``--set space.recipe.base_lr.low=...`` builds them)
+    flattened, old flat names mapped (one deprecation warning), two entries for one setting merged. Unknown
+    keys pass through, for the caller to refuse with its own setting name."""
+    sections, aliases = _sections(cls), flat_names(cls)
+    flat_used: list[str] = []
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        nested = key in sections and isinstance(value, Mapping) and "type" not in value
+        for name, item in ([(f"{key}.{k}", v) for k, v in value.items()] if nested else [(key, value)]):
+            if name in aliases:
+                flat_used.append(name)
+                name = aliases[name]
+            both = isinstance(item, Mapping) and isinstance(out.get(name), Mapping)
+            out[name] = _merge(out[name], item) if both else item
+    if flat_used:
+        _warn_flat(cls, flat_used)
     return out
 
 
@@ -163,7 +332,7 @@ def read_preset(path: str | Path) -> dict[str, Any]:
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """Turn ``["optim.lr=0.1", "epochs=3"]`` into a nested dict; values are parsed as YAML scalars."""
+    """Turn ``["recipe.base_lr=0.1", "epochs=3"]`` into a nested dict; values are parsed as YAML scalars."""
     out: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -187,13 +356,11 @@ def resolve(
     overrides: Sequence[str] = (),
     explicit: Mapping[str, Any] | None = None,
 ) -> T:
-    """Defaults < preset < --set overrides < explicit flags; returns the validated, frozen config."""
-    values: dict[str, Any] = {}
-    if preset:
-        values = read_preset(preset)
-    values = _merge(values, parse_overrides(overrides))
-    values = _merge(values, {k: v for k, v in (explicit or {}).items() if v is not None})
-    config = _build(cls, values)
+    """Defaults < preset < --set overrides < explicit flags; returns the validated, frozen config. Keys may be
+    nested, dotted (``recipe.base_lr``, also in ``explicit``) or old flat names (one deprecation warning)."""
+    layers = [read_preset(preset) if preset else {}, parse_overrides(overrides),
+              {k: v for k, v in (explicit or {}).items() if v is not None}]
+    config = _build(cls, merge_settings(cls, *layers))
     validate = getattr(config, "validate", None)
     if callable(validate):
         validate()
@@ -201,7 +368,7 @@ def resolve(
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Plain, picklable dict of a config: what crosses the driver→executor boundary."""
+    """Plain, picklable dict of a config (sections nested): what crosses the driver→executor boundary."""
     return dataclasses.asdict(config)
 
 
@@ -210,16 +377,66 @@ def from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
     return _build(cls, values)
 
 
+def with_settings(config: T, changes: Mapping[str, Any]) -> T:
+    """``config`` with dotted settings changed (``{"output.stop_at_epoch": 3}``), its sections rebuilt: what
+    ``dataclasses.replace`` does for a flat config, whose keywords reach only the top level."""
+    cls = type(config)
+    top: dict[str, Any] = {}
+    inner: dict[str, dict[str, Any]] = {}
+    for key, value in changes.items():
+        section, dot, name = canonical_key(cls, key, setting=key).partition(".")
+        if dot:
+            inner.setdefault(section, {})[name] = value
+        else:
+            top[section] = value
+    for section, values in inner.items():
+        top[section] = dataclasses.replace(getattr(config, section), **values)
+    return dataclasses.replace(config, **top)  # type: ignore[type-var]
+
+
+def dotted_settings(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A nested (or old flat) settings mapping as {dotted key: value}, tuples as lists (as JSON holds them)."""
+    out: dict[str, Any] = {}
+    for key, value in _nest(cls, values, []).items():
+        if key in _sections(cls) and isinstance(value, Mapping):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def changed_settings(cls: type, previous: Mapping[str, Any], current: Any) -> list[tuple[str, Any, Any]]:
+    """(dotted key, previous value, current value) of each setting not marked resumable that differs between
+    ``previous`` (a model dir's config.json: nested, or flat from before the sections) and ``current``. A setting
+    absent from ``previous`` (added after that run was written) counts as its default."""
+    before = {**dotted_settings(cls, to_dict(cls())), **dotted_settings(cls, previous)}
+    now = dotted_settings(cls, to_dict(current))
+    resumable = resumable_settings(cls)
+    return [(key, before.get(key), now[key]) for key in sorted(now)
+            if key not in resumable and before.get(key) != now[key]]
+
+
+def _resumable(default: Any) -> Any:
+    """A setting that may differ when a run is resumed (cadence, timeouts, retries, fault injection, tracking).
+    Everything else must match the run being resumed: a new setting is resume-breaking unless marked here."""
+    return dataclasses.field(default=default, metadata={"resumable": True})
+
+
+def _section(cls: type[T]) -> T:
+    return dataclasses.field(default_factory=cls)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PartitionConfig:
-    """Settings of the partition job (``jobs/partition.py``). See conf/partition/ for presets."""
+    """Settings of the partition job (``jobs/partition.py``). See conf/partition/ for presets. Flat on purpose:
+    its 20 settings are one job's inputs and output options, read together by one driver; sections would add
+    a level to every --set without grouping anything a reader looks for."""
 
     input: str = ""
     output: str = ""
-    # auto | ilsvrc | tar | kaggle | folders | csv
-    layout: str = "auto"
+    layout: Layout = "auto"
     # Resize so the short side is this many pixels (never upscale); None keeps the original size.
-    resize_short: typing.Optional[int] = 256
+    resize_short: int | None = 256
     quality: int = 90
     # Images with more pixels than this are quarantined (decompression-bomb guard).
     max_pixels: int = 89_478_485
@@ -235,32 +452,29 @@ class PartitionConfig:
     # Rows per Parquet row group: the unit petastorm shards by (row group i goes to worker i mod N).
     rows_per_row_group: int = 64
     # Optional files overriding what the layout finds: label order, validation labels.
-    labels_file: typing.Optional[str] = None
-    val_labels: typing.Optional[str] = None
+    labels_file: str | None = None
+    val_labels: str | None = None
     overwrite: bool = False
     resume: bool = False
     dry_run: bool = False
     tfrecord: bool = False
     # TFRecord shards per split; None sizes them from the data (imagenet_to_gcs's records per shard, so
     # ImageNet itself gets its 1024 + 128, and at most ~128 MiB per shard; see data/tfrecord.py).
-    tfrecord_train_shards: typing.Optional[int] = None
-    tfrecord_validation_shards: typing.Optional[int] = None
+    tfrecord_train_shards: int | None = None
+    tfrecord_validation_shards: int | None = None
     # Fault injection for tests and drills: "TASK_PREFIX" fails the first attempt of matching tasks (Spark
     # retries them), "always:TASK_PREFIX" fails every attempt (the job fails; rerun with --resume), "publish"
     # stops the driver after it moved the first split into place (rerun with --resume).
-    inject_failure: typing.Optional[str] = None
+    inject_failure: str | None = None
     # Spark parallelism for listing/processing; None lets Spark decide from the cluster's default parallelism.
-    num_partitions: typing.Optional[int] = None
+    num_partitions: int | None = None
 
     def validate(self) -> None:
-        check_finite(self)
+        check_values(self)
         if not self.input:
             raise ConfigError("input", self.input, "no input given.", "pass --input DIR (or a URI).")
         if not self.output and not self.dry_run:
             raise ConfigError("output", self.output, "no output given.", "pass --output DIR (or a URI).")
-        layouts = ("auto", "ilsvrc", "tar", "kaggle", "folders", "csv")
-        if self.layout not in layouts:
-            raise ConfigError("layout", self.layout, f"unknown layout; known: {', '.join(layouts)}.")
         if self.resize_short is not None and not 8 <= self.resize_short <= 4096:
             raise ConfigError("resize_short", self.resize_short, "must be between 8 and 4096, or none.")
         if not 1 <= self.quality <= 100:
@@ -289,20 +503,6 @@ class PartitionConfig:
             raise ConfigError("num_partitions", self.num_partitions, "must be at least 1.")
 
 
-BACKENDS = ("off", "mirrored", "mwms", "horovod")
-SCHEDULES = ("cosine", "step", "constant")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-# The train transform's presets (data/augment.py PRESETS): imagenet = Inception crop + flip (the default), light =
-# a milder crop for small or centred images, none = the eval transform. Spelled once here; fields use the alias.
-AugmentPreset = typing.Literal["imagenet", "light", "none"]
-# Warmup is at most this fraction of the run (train/schedules.py effective_warmup_epochs): every preset's warmup
-# is within it, and any positive --epochs works with the default 5 warmup epochs.
-WARMUP_MAX_FRACTION = 1.0 / 3.0
-EXPORTS = ("last", "best")
-# Validation metrics an epoch records, and whether larger is better (the search and --export best use them).
-VAL_METRICS = {"val_top1": True, "val_top5": True, "val_loss": False}
-
-
 def _check_range(setting: str, value: tuple[float, ...] | None, *, low: float, high: float, fix: str) -> None:
     """A ``[min, max]`` setting: two numbers, ``low < min <= max <= high``; None (unset) passes."""
     if value is None:
@@ -313,27 +513,10 @@ def _check_range(setting: str, value: tuple[float, ...] | None, *, low: float, h
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """Settings of the training job (``jobs/train_barrier.py``). See conf/train/ for presets.
+class Recipe:
+    """``recipe.*``: what the weights see (rate, schedule, regularisation, numerics, batch mixing, weight
+    averaging). Nothing here may change on resume: it would be another run under the same name."""
 
-    The global batch size is canonical: each of the ``workers`` processes gets ``global_batch_size /
-    workers`` images per step, and the learning rate follows the linear scaling rule,
-    ``base_lr * global_batch_size / 256``, whatever the backend.
-    """
-
-    data: str = ""
-    model_dir: str = ""
-    model: str = "resnet50"
-    # Input size; None takes the model's own default (224 for the real models, 32 for the tiny ones).
-    image_size: typing.Optional[int] = None
-    workers: int = 1
-    # off (one process, default device) | mirrored (one process, all local GPUs) | mwms | horovod
-    backend: str = "mwms"
-    epochs: float = 90.0
-    global_batch_size: int = 256
-    # row_group: class-mixed shards (petastorm row group i -> worker i mod N); synset: each worker its own synsets
-    shard_by: str = "row_group"
-    # --- recipe
     base_lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
@@ -342,105 +525,255 @@ class TrainConfig:
     # Linear warmup of min(warmup_epochs, warmup_max_fraction x epochs) epochs (logged when clamped).
     warmup_epochs: float = 5.0
     warmup_max_fraction: float = WARMUP_MAX_FRACTION
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     # step schedule: multiply the rate by step_factor at each of these epochs
     step_epochs: tuple[float, ...] = (30.0, 60.0, 80.0)
     step_factor: float = 0.1
     bn_momentum: float = 0.9
-    dropout: typing.Optional[float] = None
-    batch_norm: typing.Optional[bool] = None
-    precision: str = "float32"
+    dropout: float | None = None
+    batch_norm: bool | None = None
+    precision: Precision = "float32"
     xla: bool = False
-    # --- batch mixing (data/mix.py) and weight averaging (train/ema.py); README "Training recipes"
-    # Mixup (Zhang et al. 2018) / CutMix (Yun et al. 2019): Beta(alpha, alpha) per batch, 0 = off. With both on,
-    # each batch uses one of them (probability 1/2 each); mix_prob: the share of batches mixed at all.
+    # Horovod only: gradients allreduced in float16 (half the bytes; changes the numbers, so part of the recipe).
+    horovod_fp16_allreduce: bool = False
+    # Batch mixing (data/mix.py; README "Training recipes"). Mixup (Zhang et al. 2018) / CutMix (Yun et al. 2019):
+    # Beta(alpha, alpha) per batch, 0 = off. With both on, each batch uses one of them (probability 1/2 each);
+    # mix_prob: the share of batches mixed at all.
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
-    # Exponential moving average of the weights (Polyak averaging), evaluated and exported instead of the raw
-    # weights when on; 0 = off. ema_warmup: decay min(ema_decay, (1+n)/(10+n)) at update n (TF-models), so a
-    # short run is not dominated by the initial weights.
+    # Exponential moving average of the weights (train/ema.py; Polyak averaging), evaluated and exported instead
+    # of the raw weights when on; 0 = off. ema_warmup: decay min(ema_decay, (1+n)/(10+n)) at update n (TF-models),
+    # so a short run is not dominated by the initial weights.
     ema_decay: float = 0.0
     ema_warmup: bool = True
-    # --- input pipeline
+
+    def validate(self) -> None:
+        if self.base_lr <= 0:
+            raise ConfigError("recipe.base_lr", self.base_lr, "must be positive.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError("recipe.label_smoothing", self.label_smoothing, "must be in [0, 1).")
+        if self.warmup_epochs < 0:
+            raise ConfigError("recipe.warmup_epochs", self.warmup_epochs, "must be 0 (no warmup) or more.",
+                              "pass 0 or 5.")
+        if not 0 <= self.warmup_max_fraction < 1:
+            raise ConfigError("recipe.warmup_max_fraction", self.warmup_max_fraction,
+                              "must be in [0, 1): the share of the run warmup may take at most.",
+                              f"pass {WARMUP_MAX_FRACTION:.3g}.")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"recipe.{name}", getattr(self, name), "must be 0 (off) or positive.",
+                                  f"pass --set recipe.{name}=0.2 (mixup) or 1.0 (cutmix), or 0.")
+        if not 0 <= self.mix_prob <= 1:
+            raise ConfigError("recipe.mix_prob", self.mix_prob, "must be in [0, 1].", "pass --set recipe.mix_prob=1.0.")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError("recipe.ema_decay", self.ema_decay, "must be in [0, 1) (0 = off).",
+                              "pass --set recipe.ema_decay=0.9999 (long runs) or 0.999 (short ones), or 0.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Input:
+    """``input.*``: the training stream: order (seed, shuffle, sharding), the train transform, the reader and its
+    threads. Only the reader's thread counts may change on resume (they change speed, not what is read)."""
+
     seed: int = 0
     shuffle_buffer: int = 4096
+    shard_by: ShardBy = "row_group"
     # Train transform (data/augment.py; README "Training recipes"): a preset, then explicit overrides of it.
     # crop_area / crop_aspect: [min, max] of the random crop's share of the image area and of its aspect ratio;
     # flip_prob: chance of a horizontal flip; None keeps the preset's. randaugment_layers N > 0 adds RandAugment
     # (N ops per image at magnitude 0..10; Cubuk et al. 2020 use N=2, M=9 for ImageNet ResNet-50).
     augment: AugmentPreset = "imagenet"
-    crop_area: typing.Optional[tuple[float, float]] = None
-    crop_aspect: typing.Optional[tuple[float, float]] = None
-    flip_prob: typing.Optional[float] = None
+    crop_area: tuple[float, float] | None = None
+    crop_aspect: tuple[float, float] | None = None
+    flip_prob: float | None = None
     randaugment_layers: int = 0
     randaugment_magnitude: float = 9.0
-    # Petastorm reader threads per worker. 1 keeps the row order exactly reproducible for a seed: with more,
-    # petastorm's round robin skips a worker whose next row group is not ventilated yet, so under load the
-    # order depends on timing. One thread reads ~20k rows/s here, far above what decoding consumes; raise it
-    # only for slow remote storage.
-    reader_workers: int = 1
-    decode_threads: typing.Optional[int] = None
-    # --- threads per worker (distribute/threads.py): TensorFlow's intra/inter-op pools and tf.data's pool.
-    # None: the task's spark.task.cpus (a GPU worker: its share of the host's cores, if larger; one worker on
-    # the driver: the host's cores); 0: TensorFlow's unsized defaults (every core), for comparison only.
-    cpus_per_worker: typing.Optional[int] = None
     # How the training stream reads the dataset: "petastorm" (make_batch_reader; it unpickles the Unischema in
     # _common_metadata, so a dataset from an untrusted source can run code) or "parquet" (pyarrow only, by the
     # Parquet schema: nothing is unpickled); "auto": petastorm where it is installed (legacy stack), else
     # parquet. Evaluation and planning never unpickle either way.
-    train_reader: str = "auto"
-    # --- evaluation, checkpoints, fault tolerance
-    eval_every_epochs: int = 1
-    checkpoint_every_steps: int = 0
-    keep_checkpoints: int = 3
+    train_reader: TrainReader = "auto"
+    # Petastorm reader threads per worker. 1 keeps the row order exactly reproducible for a seed: with more,
+    # petastorm's round robin skips a worker whose next row group is not ventilated yet, so under load the
+    # order depends on timing. One thread reads ~20k rows/s here, far above what decoding consumes; raise it
+    # only for slow remote storage.
+    reader_workers: int = _resumable(1)
+    decode_threads: int | None = _resumable(None)
+
+    def validate(self) -> None:
+        """The augmentation settings, checked here so a bad value fails on the driver, before Spark starts."""
+        from imagenet_spark.data.randaugment import MAX_LAYERS, MAX_MAGNITUDE
+
+        _check_range("input.crop_area", self.crop_area, low=0.0, high=1.0, fix="pass two fractions, e.g. 0.08,1.")
+        _check_range("input.crop_aspect", self.crop_aspect, low=0.0, high=math.inf, fix="pass e.g. 0.75,1.3333.")
+        if self.flip_prob is not None and not 0 <= self.flip_prob <= 1:
+            raise ConfigError("input.flip_prob", self.flip_prob, "must be a probability in [0, 1].", "pass 0.5 or 0.")
+        if not 0 <= self.randaugment_layers <= MAX_LAYERS:
+            raise ConfigError("input.randaugment_layers", self.randaugment_layers,
+                              f"must be 0 (off) to {MAX_LAYERS} ops per image.", "pass 2 (Cubuk et al.) or 0.")
+        if not 0 <= self.randaugment_magnitude <= MAX_MAGNITUDE:
+            raise ConfigError("input.randaugment_magnitude", self.randaugment_magnitude,
+                              f"must be in [0, {MAX_MAGNITUDE:g}] (10: the end of each op's range).", "pass 9.")
+        if self.augment == "none":
+            for name in ("crop_area", "crop_aspect", "flip_prob", "randaugment_layers"):
+                if getattr(self, name):
+                    raise ConfigError(f"input.{name}", getattr(self, name), "augment=none trains on the eval "
+                                      "transform (the centre crop, nothing random), so this setting has nothing to "
+                                      "act on.", "use --set input.augment=light (or imagenet) with it, or drop it.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Launch:
+    """``launch.*``: how the barrier stage starts and is retried: waits, relaunches, network, threads. All may
+    change on resume (a relaunch with a longer timeout is the same run)."""
+
+    max_retries: int = _resumable(2)
+    barrier_timeout_s: int = _resumable(600)
+    slots_wait_s: int = _resumable(60)
+    network_interface: str | None = _resumable(None)
+    # MWMS: make TensorFlow's gRPC server listen on the task's own address instead of every interface (TF 2.15
+    # has no setting for it; a preloaded bind shim, compiled on the executor, rewrites that one bind).
+    bind_tf_to_host: bool = _resumable(True)
+    # Threads per worker (distribute/threads.py): TensorFlow's intra/inter-op pools and tf.data's pool. None: the
+    # task's spark.task.cpus (a GPU worker: its share of the host's cores, if larger; one worker on the driver:
+    # the host's cores); 0: TensorFlow's unsized defaults (every core), for comparison only.
+    cpus_per_worker: int | None = _resumable(None)
+
+    def validate(self) -> None:
+        if self.max_retries < 0:
+            raise ConfigError("launch.max_retries", self.max_retries, "must be 0 or more.")
+        if self.cpus_per_worker is not None and self.cpus_per_worker < 0:
+            raise ConfigError("launch.cpus_per_worker", self.cpus_per_worker, "must be 0 (unsized) or more.",
+                              "leave it unset to follow spark.task.cpus.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Loop:
+    """``loop.*``: what the training loop does between steps, and how often: evaluate, checkpoint, check for
+    divergence, report progress. All may change on resume."""
+
+    eval_every_epochs: int = _resumable(1)
+    checkpoint_every_steps: int = _resumable(0)
+    keep_checkpoints: int = _resumable(3)
     # A NaN/inf loss or gradient norm stops the run (DivergedError, not retried, nothing exported). Checked where
     # the loop reads the running loss, at most this many steps apart (0: at the loop's own cadence, up to 50
     # steps). Each check is one host sync; measured here it costs nothing visible on resnet18 at 64 px.
-    divergence_check_steps: int = 10
-    max_retries: int = 2
-    # Fault injection: fail once, on the first attempt, when the global step reaches this (rank fail_rank).
-    fail_at_step: typing.Optional[int] = None
-    fail_rank: int = 0
-    # Fault injection: on the first attempt, this rank's exchanged TensorFlow port is taken (held open) before
-    # TensorFlow binds it, as another process on its host might; proves the relaunch with fresh ports.
-    inject_port_conflict_rank: typing.Optional[int] = None
-    # --- launch
-    barrier_timeout_s: int = 600
-    slots_wait_s: int = 60
-    progress_every_s: float = 10.0
-    horovod_fp16_allreduce: bool = False
-    network_interface: typing.Optional[str] = None
-    # MWMS: make TensorFlow's gRPC server listen on the task's own address instead of every interface (TF 2.15
-    # has no setting for it; a preloaded bind shim, compiled on the executor, rewrites that one bind).
-    bind_tf_to_host: bool = True
-    # The resume contract: a model dir already holding checkpoints is resumed, never silently restarted.
-    overwrite: bool = False
-    # --- what is exported, and where a run pauses
-    # last: the weights after the final epoch; best: the evaluated epoch with the best ``best_metric`` (kept
-    # as its own checkpoint, checkpoints/best/, so a later worse epoch cannot overwrite it).
-    export: str = "last"
-    best_metric: str = "val_top1"
-    # Stop (checkpointed, resumable, not exported) after this epoch while the learning-rate schedule still
-    # spans ``epochs``: how the search (jobs/tune.py) runs a trial to a rung and decides whether to continue.
-    stop_at_epoch: typing.Optional[int] = None
-    # --- tracking: MLflow run per training (a file store beside the model dir unless a URI is given/set)
-    track: bool = True
-    tracking_uri: typing.Optional[str] = None
-    experiment: str = "imagenet-spark"
+    divergence_check_steps: int = _resumable(10)
+    progress_every_s: float = _resumable(10.0)
 
     def validate(self) -> None:
+        if self.checkpoint_every_steps < 0:
+            raise ConfigError("loop.checkpoint_every_steps", self.checkpoint_every_steps,
+                              "must be 0 (epochs only) or more.")
+        if self.divergence_check_steps < 0:
+            raise ConfigError("loop.divergence_check_steps", self.divergence_check_steps,
+                              "must be 0 (at the loop's cadence, up to 50 steps) or more.", "pass 10.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Faults:
+    """``faults.*``: fault injection for tests and drills (proves resume and relaunch); may change on resume."""
+
+    # Fail once, on the first attempt, when the global step reaches this (rank fail_rank).
+    fail_at_step: int | None = _resumable(None)
+    fail_rank: int = _resumable(0)
+    # On the first attempt, this rank's exchanged TensorFlow port is taken (held open) before TensorFlow binds
+    # it, as another process on its host might; proves the relaunch with fresh ports.
+    inject_port_conflict_rank: int | None = _resumable(None)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Output:
+    """``output.*``: what is exported, and where a run pauses."""
+
+    # last: the weights after the final epoch; best: the evaluated epoch with the best ``best_metric`` (kept
+    # as its own checkpoint, checkpoints/best/, so a later worse epoch cannot overwrite it).
+    export: Export = "last"
+    best_metric: Metric = "val_top1"
+    # Stop (checkpointed, resumable, not exported) after this epoch while the learning-rate schedule still
+    # spans ``epochs``: how the search (jobs/tune.py) runs a trial to a rung and decides whether to continue.
+    stop_at_epoch: int | None = _resumable(None)
+
+    def validate(self) -> None:
+        if self.stop_at_epoch is not None and not self.stop_at_epoch >= 1:
+            raise ConfigError("output.stop_at_epoch", self.stop_at_epoch, "must be 1 or more (or none).")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Tracking:
+    """``tracking.*``: the MLflow run of a training (a file store beside the model dir unless a URI is given or
+    set); may change on resume."""
+
+    track: bool = _resumable(True)
+    tracking_uri: str | None = _resumable(None)
+    experiment: str = _resumable("imagenet-spark")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Settings of the training job (``jobs/train_barrier.py``). See conf/train/ for presets.
+
+    Flat: what names the job and sizes it (dataset, model dir, model, input size, workers, backend, epochs,
+    batch) and the --overwrite action: the flags of the command line, read by every part of the run. The rest
+    lives in sections. The global batch size is canonical: each of the ``workers`` processes gets
+    ``global_batch_size / workers`` images per step, and the learning rate follows the linear scaling rule,
+    ``recipe.base_lr * global_batch_size / 256``, whatever the backend.
+    """
+
+    data: str = ""
+    model_dir: str = ""
+    model: str = "resnet50"
+    # Input size; None takes the model's own default (224 for the real models, 32 for the tiny ones).
+    image_size: int | None = None
+    workers: int = 1
+    # off (one process, default device) | mirrored (one process, all local GPUs) | mwms | horovod
+    backend: Backend = "mwms"
+    # May grow on resume: the schedule then spans the longer run.
+    epochs: float = _resumable(90.0)
+    global_batch_size: int = 256
+    # The resume contract: a model dir already holding checkpoints is resumed, never silently restarted.
+    overwrite: bool = _resumable(False)
+    recipe: Recipe = _section(Recipe)
+    input: Input = _section(Input)
+    launch: Launch = _section(Launch)
+    loop: Loop = _section(Loop)
+    faults: Faults = _section(Faults)
+    output: Output = _section(Output)
+    tracking: Tracking = _section(Tracking)
+
+    def __getattr__(self, name: str) -> Any:
+        # TRANSITION: removed when every access site uses sections. Only called when normal lookup fails:
+        # resolves an old flat name (cfg.base_lr) to its section's field (cfg.recipe.base_lr).
+        dotted = flat_names(type(self)).get(name)
+        if dotted is None:
+            raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
+        section, field = dotted.split(".")
+        return getattr(object.__getattribute__(self, section), field)
+
+    def validate(self) -> None:
+        from imagenet_spark.distribute.stack import check_train_config
         from imagenet_spark.models import available
 
-        check_finite(self)
+        check_values(self)
         if not self.data:
             raise ConfigError("data", self.data, "no dataset given.", "pass --data DIR written by jobs/partition.py.")
         if not self.model_dir:
             raise ConfigError("model_dir", self.model_dir, "no model directory given.", "pass --model-dir DIR.")
         if self.model not in available():
             raise ConfigError("model", self.model, "unknown model.", f"choose one of {', '.join(available())}.")
-        if self.backend not in BACKENDS:
-            raise ConfigError("backend", self.backend, f"unknown backend; known: {', '.join(BACKENDS)}.")
+        self._validate_size()
+        check_train_config(self)  # horovod or petastorm asked on a stack without them
+        for section in (self.recipe, self.input, self.launch, self.loop, self.output):
+            section.validate()
+        if self.faults.fail_rank >= self.workers:
+            raise ConfigError("faults.fail_rank", self.faults.fail_rank, f"there are only {self.workers} workers.")
+        rank = self.faults.inject_port_conflict_rank
+        if rank is not None and not 0 <= rank < self.workers:
+            raise ConfigError("faults.inject_port_conflict_rank", rank, f"must be a rank below workers={self.workers}.",
+                              "pass 0 or none.")
+
+    def _validate_size(self) -> None:
         if self.workers < 1:
             raise ConfigError("workers", self.workers, "must be at least 1.")
         if self.backend in ("off", "mirrored") and self.workers != 1:
@@ -454,87 +787,8 @@ class TrainConfig:
                 f"{(self.global_batch_size // self.workers + 1) * self.workers}.")
         if self.epochs <= 0:
             raise ConfigError("epochs", self.epochs, "must be positive.")
-        if self.cpus_per_worker is not None and self.cpus_per_worker < 0:
-            raise ConfigError("cpus_per_worker", self.cpus_per_worker, "must be 0 (unsized) or more.",
-                              "leave it unset to follow spark.task.cpus.")
-        if self.shard_by not in ("row_group", "synset"):
-            raise ConfigError("shard_by", self.shard_by, "must be row_group or synset.")
-        from imagenet_spark.distribute.stack import check_train_config
-
-        check_train_config(self)  # train_reader's values; horovod or petastorm asked on a stack without them
-        if self.schedule not in SCHEDULES:
-            raise ConfigError("schedule", self.schedule, f"unknown schedule; known: {', '.join(SCHEDULES)}.")
-        if self.precision not in PRECISIONS:
-            raise ConfigError("precision", self.precision, f"unknown precision; known: {', '.join(PRECISIONS)}.")
-        if self.base_lr <= 0:
-            raise ConfigError("base_lr", self.base_lr, "must be positive.")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError("label_smoothing", self.label_smoothing, "must be in [0, 1).")
-        self._validate_mix_and_ema()
-        self._validate_warmup()
-        self._validate_augment()
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError("image_size", self.image_size, "must be at least 16 pixels.")
-        if self.max_retries < 0:
-            raise ConfigError("max_retries", self.max_retries, "must be 0 or more.")
-        if self.export not in EXPORTS:
-            raise ConfigError("export", self.export, f"must be one of {', '.join(EXPORTS)}.")
-        if self.best_metric not in VAL_METRICS:
-            raise ConfigError("best_metric", self.best_metric, f"unknown metric; known: {', '.join(VAL_METRICS)}.")
-        if self.stop_at_epoch is not None and not 1 <= self.stop_at_epoch:
-            raise ConfigError("stop_at_epoch", self.stop_at_epoch, "must be 1 or more (or none).")
-        if self.fail_rank >= self.workers:
-            raise ConfigError("fail_rank", self.fail_rank, f"there are only {self.workers} workers.")
-        if self.inject_port_conflict_rank is not None and not 0 <= self.inject_port_conflict_rank < self.workers:
-            raise ConfigError("inject_port_conflict_rank", self.inject_port_conflict_rank,
-                              f"must be a rank below workers={self.workers}.", "pass 0 or none.")
-        if self.checkpoint_every_steps < 0:
-            raise ConfigError("checkpoint_every_steps", self.checkpoint_every_steps, "must be 0 (epochs only) or more.")
-        if self.divergence_check_steps < 0:
-            raise ConfigError("divergence_check_steps", self.divergence_check_steps,
-                              "must be 0 (at the loop's cadence, up to 50 steps) or more.", "pass 10.")
-
-    def _validate_mix_and_ema(self) -> None:
-        for name in ("mixup_alpha", "cutmix_alpha"):
-            if getattr(self, name) < 0:
-                raise ConfigError(name, getattr(self, name), "must be 0 (off) or positive.",
-                                  f"pass --set {name}=0.2 (mixup) or 1.0 (cutmix), or 0.")
-        if not 0 <= self.mix_prob <= 1:
-            raise ConfigError("mix_prob", self.mix_prob, "must be in [0, 1].", "pass --set mix_prob=1.0.")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError("ema_decay", self.ema_decay, "must be in [0, 1) (0 = off).",
-                              "pass --set ema_decay=0.9999 (long runs) or 0.999 (short ones), or 0.")
-
-    def _validate_warmup(self) -> None:
-        if self.warmup_epochs < 0:
-            raise ConfigError("warmup_epochs", self.warmup_epochs, "must be 0 (no warmup) or more.", "pass 0 or 5.")
-        if not 0 <= self.warmup_max_fraction < 1:
-            raise ConfigError("warmup_max_fraction", self.warmup_max_fraction,
-                              "must be in [0, 1): the share of the run warmup may take at most.",
-                              f"pass {WARMUP_MAX_FRACTION:.3g}.")
-
-    def _validate_augment(self) -> None:
-        """The augmentation settings, checked here so a bad value fails on the driver, before Spark starts."""
-        from imagenet_spark.data.randaugment import MAX_LAYERS, MAX_MAGNITUDE
-
-        if self.augment not in typing.get_args(AugmentPreset):
-            raise ConfigError("augment", self.augment, f"must be one of {', '.join(typing.get_args(AugmentPreset))}.")
-        _check_range("crop_area", self.crop_area, low=0.0, high=1.0, fix="pass two fractions, e.g. 0.08,1.")
-        _check_range("crop_aspect", self.crop_aspect, low=0.0, high=math.inf, fix="pass e.g. 0.75,1.3333.")
-        if self.flip_prob is not None and not 0 <= self.flip_prob <= 1:
-            raise ConfigError("flip_prob", self.flip_prob, "must be a probability in [0, 1].", "pass 0.5 or 0.")
-        if not 0 <= self.randaugment_layers <= MAX_LAYERS:
-            raise ConfigError("randaugment_layers", self.randaugment_layers,
-                              f"must be 0 (off) to {MAX_LAYERS} ops per image.", "pass 2 (Cubuk et al.) or 0.")
-        if not 0 <= self.randaugment_magnitude <= MAX_MAGNITUDE:
-            raise ConfigError("randaugment_magnitude", self.randaugment_magnitude,
-                              f"must be in [0, {MAX_MAGNITUDE:g}] (10: the end of each op's range).", "pass 9.")
-        if self.augment == "none":
-            for name in ("crop_area", "crop_aspect", "flip_prob", "randaugment_layers"):
-                if getattr(self, name):
-                    raise ConfigError(name, getattr(self, name), "augment=none trains on the eval transform "
-                                      "(the centre crop, nothing random), so this setting has nothing to act on.",
-                                      "use --set augment=light (or imagenet) with it, or drop it.")
 
     @property
     def per_worker_batch(self) -> int:
@@ -543,4 +797,4 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         """Peak learning rate by the linear scaling rule (Goyal et al.): base_lr per 256 images."""
-        return self.base_lr * self.global_batch_size / 256
+        return self.recipe.base_lr * self.global_batch_size / 256

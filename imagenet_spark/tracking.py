@@ -117,10 +117,11 @@ def _param_value(value: Any) -> str:
 
 
 def run_params(cfg: "TrainConfig") -> dict[str, str]:
-    """Every setting of the run as an MLflow parameter, plus the derived values a reader compares runs by."""
-    from imagenet_spark.config import to_dict
+    """Every setting of the run as an MLflow parameter named by its dotted key (``recipe.base_lr``; MLflow's UI
+    sorts them, so a section's settings sit together), plus the derived values a reader compares runs by."""
+    from imagenet_spark.config import TrainConfig, dotted_settings, to_dict
 
-    params = {key: _param_value(value) for key, value in to_dict(cfg).items()}
+    params = {key: _param_value(value) for key, value in dotted_settings(TrainConfig, to_dict(cfg)).items()}
     params["peak_learning_rate"] = _param_value(round(cfg.learning_rate, 8))
     params["per_worker_batch"] = _param_value(cfg.per_worker_batch)
     return params

@@ -15,7 +15,7 @@ import pytest
 import sklearn.datasets as sklearn_datasets  # both locks pin it: a missing one is a setup bug, not a skip
 from PIL import Image
 
-from imagenet_spark.config import ConfigError, TrainConfig, resolve
+from imagenet_spark.config import ConfigError, Input, TrainConfig, resolve
 from imagenet_spark.data.augment import PRESETS, AugmentSpec, augment_spec, preprocess_eval, preprocess_train
 
 tf = pytest.importorskip("tensorflow")
@@ -170,18 +170,19 @@ def test_each_randaugment_op(photos):
 ])
 def test_bad_augment_settings_are_refused_naming_setting_and_value(overrides, setting):
     with pytest.raises(ConfigError) as info:
-        TrainConfig(data="/d", model_dir="/m", **overrides).validate()
-    assert info.value.setting == setting
-    assert str(info.value).startswith(f"{setting}={info.value.value!r}: ")
+        TrainConfig(data="/d", model_dir="/m", input=Input(**overrides)).validate()
+    assert info.value.setting == f"input.{setting}"
+    assert str(info.value).startswith(f"input.{setting}={info.value.value!r}: ")
 
 
 def test_settings_from_the_command_line_and_epochs_one_with_the_default_warmup():
-    cfg = resolve(TrainConfig, overrides=["augment=light", "crop_area=0.5,1", "flip_prob=0", "randaugment_layers=2"],
+    cfg = resolve(TrainConfig, overrides=["input.augment=light", "input.crop_area=0.5,1", "input.flip_prob=0",
+                                          "input.randaugment_layers=2"],
                   explicit={"data": "/d", "model_dir": "/m", "epochs": 1})
     cfg.validate()
     spec = augment_spec(cfg, eval_resize=256)
     assert (spec.area_range, spec.aspect_range, spec.flip_prob) == ((0.5, 1.0), PRESETS["light"].aspect_range, 0.0)
-    assert (spec.randaugment_layers, spec.randaugment_magnitude, cfg.warmup_epochs) == (2, 9.0, 5.0)
+    assert (spec.randaugment_layers, spec.randaugment_magnitude, cfg.recipe.warmup_epochs) == (2, 9.0, 5.0)
     assert AugmentSpec.from_dict(json.loads(json.dumps(dataclasses.asdict(spec)))) == spec  # as the run plan ships it
 
 

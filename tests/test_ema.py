@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imagenet_spark.config import TrainConfig
+from imagenet_spark.config import Recipe, TrainConfig
 from imagenet_spark.train.ema import WeightAverage, averaged_weights, decay_at, make_swapper
 
 tf = pytest.importorskip("tensorflow")
@@ -39,7 +39,7 @@ def _steps(model: tf.keras.Model, average: WeightAverage | None) -> tuple[object
     from imagenet_spark.train.steps import make_step_functions
 
     cfg = TrainConfig(data="-", model_dir="-", model="resnet_tiny", workers=1, backend="off",
-                      global_batch_size=BATCH, weight_decay=1e-4, label_smoothing=0.1)
+                      global_batch_size=BATCH, recipe=Recipe(weight_decay=1e-4, label_smoothing=0.1))
     backend = make_backend("off", WorkerContext())
     sums = {n: tf.keras.metrics.Sum(name=n) for n in ("loss", "top1", "top5", "count", "nonfinite")}
     optimizer = tf.keras.optimizers.SGD(0.1, momentum=0.9)

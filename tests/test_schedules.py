@@ -61,9 +61,9 @@ def test_one_step_run_has_no_warmup_step():
     assert schedule(0) == pytest.approx(0.2)
 
 
-@pytest.mark.parametrize("overrides, setting", [(["warmup_epochs=-1"], "warmup_epochs"),
-                                                (["warmup_max_fraction=1"], "warmup_max_fraction"),
-                                                (["warmup_max_fraction=-0.1"], "warmup_max_fraction")])
+@pytest.mark.parametrize("overrides, setting", [(["recipe.warmup_epochs=-1"], "recipe.warmup_epochs"),
+                                                (["recipe.warmup_max_fraction=1"], "recipe.warmup_max_fraction"),
+                                                (["recipe.warmup_max_fraction=-0.1"], "recipe.warmup_max_fraction")])
 def test_bad_warmup_settings_are_refused(overrides, setting):
     with pytest.raises(ConfigError) as info:
         resolve(TrainConfig, overrides=overrides, explicit={"data": "/d", "model_dir": "/m"}).validate()

@@ -52,7 +52,7 @@ def file_store_allowed(monkeypatch):
 def _cfg(model_dir: Path) -> TrainConfig:
     return resolve(TrainConfig, explicit=dict(data="/data/ds", model_dir=str(model_dir), model="resnet_tiny",
                                               workers=2, backend="mwms", epochs=3, global_batch_size=32,
-                                              base_lr=0.4, warmup_epochs=1))
+                                              **{"recipe.base_lr": 0.4, "recipe.warmup_epochs": 1}))
 
 
 def test_run_records_params_epoch_metrics_and_artifacts(model_dir, tmp_path, file_store_allowed):
@@ -75,7 +75,8 @@ def test_run_records_params_epoch_metrics_and_artifacts(model_dir, tmp_path, fil
     params = run.data.params
     assert params["model"] == "resnet_tiny" and params["workers"] == "2" and params["global_batch_size"] == "32"
     assert float(params["peak_learning_rate"]) == pytest.approx(0.05) and params["per_worker_batch"] == "16"
-    assert params["step_epochs"] == "30.0,60.0,80.0"
+    assert params["recipe.step_epochs"] == "30.0,60.0,80.0" and params["input.shard_by"] == "row_group"
+    assert "step_epochs" not in params and "recipe" not in params  # settings by dotted key, sections flattened
     for key in ("loss", "top1", "val_top1", "val_top5", "images_per_s", "learning_rate", "wall_time_s", "attempt"):
         history = client.get_metric_history(run_id, key)
         assert sorted((m.step, m.value) for m in history) == [(r["epoch"], float(r[key])) for r in HISTORY], key

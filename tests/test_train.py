@@ -196,11 +196,12 @@ def test_misconfigurations_fail_fast_with_the_fix(spark, dataset, tmp_path):
     # a run written before a setting existed ran with its default: it resumes unless the setting now differs
     old_run = tmp_path / "old"
     old_run.mkdir()
-    written = {k: v for k, v in to_dict(_train_cfg(dataset, old_run)).items() if k not in ("mixup_alpha", "ema_decay")}
+    written = to_dict(_train_cfg(dataset, old_run))
+    written["recipe"] = {k: v for k, v in written["recipe"].items() if k not in ("mixup_alpha", "ema_decay")}
     (old_run / "config.json").write_text(json.dumps(written))
     assert prepare_model_dir(_train_cfg(dataset, old_run)) == "resume"
-    with pytest.raises(DatasetError, match=r"holds a run with ema_decay=0.0, not 0.999"):
-        prepare_model_dir(_train_cfg(dataset, old_run, ema_decay=0.999))
+    with pytest.raises(DatasetError, match=r"holds a run with recipe.ema_decay=0.0, not 0.999"):
+        prepare_model_dir(_train_cfg(dataset, old_run, **{"recipe.ema_decay": 0.999}))
 
 
 def _submit(args: list[str], tmp_path: Path, master: str = "local[2]", conf: tuple[str, ...] = ()) -> \

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from imagenet_spark import jsonio, ownership
-from imagenet_spark.config import ConfigError, PartitionConfig, TrainConfig, resolve, to_dict
+from imagenet_spark.config import ConfigError, PartitionConfig, TrainConfig, resolve, to_dict, with_settings
 from imagenet_spark.spark.barrier import run_training
 from imagenet_spark.train.divergence import DivergedError
 from imagenet_spark.train.planning import check_model_dir
@@ -56,10 +56,10 @@ def _strict(path: Path):
 @pytest.mark.parametrize("raw", ["nan", "inf", "-inf", ".nan", "-.inf"])
 def test_non_finite_settings_are_refused_at_validation(raw):
     with pytest.raises(ConfigError, match=r"must be a finite number") as info:
-        resolve(TrainConfig, overrides=[f"base_lr={raw}"], explicit=dict(data="/d", model_dir="/m"))
-    assert info.value.setting == "base_lr" and "Fix:" in str(info.value)
-    with pytest.raises(ConfigError, match=r"step_epochs\[1\]"):
-        resolve(TrainConfig, overrides=[f"step_epochs=[30, {raw}]"], explicit=dict(data="/d", model_dir="/m"))
+        resolve(TrainConfig, overrides=[f"recipe.base_lr={raw}"], explicit=dict(data="/d", model_dir="/m"))
+    assert info.value.setting == "recipe.base_lr" and "Fix:" in str(info.value)
+    with pytest.raises(ConfigError, match=r"recipe.step_epochs\[1\]"):
+        resolve(TrainConfig, overrides=[f"recipe.step_epochs=[30, {raw}]"], explicit=dict(data="/d", model_dir="/m"))
     with pytest.raises(ConfigError) as info:
         resolve(PartitionConfig, overrides=[f"max_reject_fraction={raw}"], explicit=dict(input="/i", output="/o"))
     assert info.value.setting == "max_reject_fraction"
@@ -67,9 +67,9 @@ def test_non_finite_settings_are_refused_at_validation(raw):
 
 def test_non_finite_values_are_refused_however_the_config_was_built():
     cfg = resolve(TrainConfig, explicit=dict(data="/d", model_dir="/m", model="resnet_tiny"))
-    for field, value in (("base_lr", math.nan), ("momentum", math.inf), ("epochs", math.inf),
-                         ("step_epochs", (1.0, math.nan))):
-        bad = TrainConfig(**{**to_dict(cfg), field: value})
+    for field, value in (("recipe.base_lr", math.nan), ("recipe.momentum", math.inf), ("epochs", math.inf),
+                         ("recipe.step_epochs", (1.0, math.nan))):
+        bad = with_settings(cfg, {field: value})
         with pytest.raises(ConfigError, match="finite") as info:
             bad.validate()
         assert info.value.setting == field

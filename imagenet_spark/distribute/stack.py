@@ -15,9 +15,9 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import platform
+import typing
 from typing import Any
 
-TRAIN_READERS = ("auto", "petastorm", "parquet")
 _TF_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel")
 
 
@@ -71,16 +71,16 @@ def check_backend(backend: str) -> None:
 def resolve_train_reader(value: str) -> str:
     """``auto`` becomes ``petastorm`` where petastorm can be imported, else ``parquet`` (the pyarrow reader);
     a spelled-out ``petastorm`` on a stack without it is a ConfigError naming the stack and the fix."""
-    from imagenet_spark.config import ConfigError
+    from imagenet_spark.config import ConfigError, TrainReader
 
-    if value not in TRAIN_READERS:
-        raise ConfigError("train_reader", value, f"must be one of {', '.join(TRAIN_READERS)}.")
+    if value not in typing.get_args(TrainReader):
+        raise ConfigError("input.train_reader", value, f"must be one of {', '.join(typing.get_args(TrainReader))}.")
     if value == "auto":
         return "petastorm" if has_module("petastorm") else "parquet"
     if value == "petastorm" and not has_module("petastorm"):
-        raise ConfigError("train_reader", value, f"petastorm is not installed on the {describe()}: petastorm "
+        raise ConfigError("input.train_reader", value, f"petastorm is not installed on the {describe()}: petastorm "
                           "0.13.1 does not import with pyarrow >= 15.",
-                          "use --set train_reader=auto or parquet (the pyarrow reader, same rows), or the legacy "
+                          "use --set input.train_reader=auto or parquet (the pyarrow reader, same rows), or the legacy "
                           "stack: `make setup STACK=legacy`.")
     return value
 
@@ -88,4 +88,4 @@ def resolve_train_reader(value: str) -> str:
 def check_train_config(cfg: Any) -> None:
     """What the stack itself rules out in a TrainConfig (called by ``TrainConfig.validate``)."""
     check_backend(cfg.backend)
-    resolve_train_reader(cfg.train_reader)
+    resolve_train_reader(cfg.input.train_reader)

@@ -11,7 +11,7 @@ import json
 import logging
 
 from imagenet_spark import jsonio, ownership
-from imagenet_spark.config import TrainConfig, to_dict
+from imagenet_spark.config import TrainConfig, changed_settings, to_dict
 from imagenet_spark.data import fs
 from imagenet_spark.data.augment import augment_spec
 from imagenet_spark.data.schema import DatasetError
@@ -23,12 +23,6 @@ from imagenet_spark.train.schedules import steps_for, warmup_clamp_note
 
 log = logging.getLogger(__name__)
 
-# Settings that may change when resuming a run (everything else must match the run being resumed).
-_RESUMABLE = {"epochs", "max_retries", "fail_at_step", "fail_rank", "inject_port_conflict_rank",
-              "progress_every_s", "slots_wait_s",
-              "barrier_timeout_s", "overwrite", "checkpoint_every_steps", "keep_checkpoints", "reader_workers",
-              "decode_threads", "eval_every_epochs", "network_interface", "bind_tf_to_host", "track", "tracking_uri",
-              "experiment", "stop_at_epoch", "divergence_check_steps", "cpus_per_worker"}
 
 
 def make_run_plan(cfg: TrainConfig) -> RunPlan:
@@ -71,7 +65,7 @@ def make_run_plan(cfg: TrainConfig) -> RunPlan:
 
 
 # Keys every config.json the trainer ever wrote holds: how a model dir from before the ownership marker is known.
-_MODEL_DIR_KEYS = frozenset({"data", "model_dir", "model", "global_batch_size", "base_lr", "epochs"})
+_MODEL_DIR_KEYS = frozenset({"data", "model_dir", "model", "global_batch_size", "epochs"})
 
 
 def is_model_dir(directory: str) -> bool:
@@ -113,14 +107,13 @@ def prepare_model_dir(cfg: TrainConfig) -> str:
     current = to_dict(cfg)
     if has_state and fs.exists(config_uri):
         # A setting added after the run was written is absent from its config.json: it ran with the default.
-        previous = {**to_dict(TrainConfig()), **json.loads(fs.read_text(config_uri))}
-        changed = sorted(k for k in current if k not in _RESUMABLE and previous.get(k) != current[k]
-                         and not (isinstance(current[k], tuple) and list(current[k]) == previous.get(k)))
+        # Only settings marked resumable may differ (config.py); an old flat config.json maps to the sections.
+        changed = changed_settings(TrainConfig, json.loads(fs.read_text(config_uri)), cfg)
         if changed:
-            key = changed[0]
-            raise DatasetError(f"model_dir={cfg.model_dir!r} holds a run with {key}={previous.get(key)!r}, not "
-                               f"{current[key]!r}. Fix: resume with the same settings, pass --overwrite to start "
-                               "over, or use another --model-dir.")
+            key, was, now = changed[0]
+            raise DatasetError(f"model_dir={cfg.model_dir!r} holds a run with {key}={was!r}, not {now!r}. "
+                               "Fix: resume with the same settings, pass --overwrite to start over, or use another "
+                               "--model-dir.")
         mode = "resume"
     fs.make_dirs(cfg.model_dir)
     ownership.write_mark(cfg.model_dir, "model_dir")
