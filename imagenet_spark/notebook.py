@@ -130,12 +130,12 @@ def widget_bool(name: str, default: bool, *, label: str | None = None,
 
 def settings(text: str) -> list[str]:
     """``key=value`` settings from a free-text widget, separated by spaces, semicolons or new lines (commas stay
-    inside values, e.g. ``step_epochs=30,60,80``); what ``resolve(..., overrides=...)`` takes."""
+    inside values, e.g. ``recipe.step_epochs=30,60,80``); what ``resolve(..., overrides=...)`` takes."""
     items = [item for item in re.split(r"[\s;]+", text or "") if item]
     bad = [item for item in items if "=" not in item]
     if bad:
-        raise NotebookError(f"settings {bad[0]!r}: expected key=value. Fix: write e.g. 'base_lr=0.4 "
-                            "warmup_epochs=1', separated by spaces.")
+        raise NotebookError(f"settings {bad[0]!r}: expected key=value. Fix: write e.g. 'recipe.base_lr=0.4 "
+                            "recipe.warmup_epochs=1', separated by spaces.")
     return items
 
 
