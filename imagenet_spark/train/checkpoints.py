@@ -116,8 +116,8 @@ class CheckpointKeeper:
             self.counters.best_epoch.assign(epoch)
             self._save(self._best_manager, self._best_checkpoint, epoch)
             if self._ctx.is_chief:
-                log.info("best so far: epoch %d, %s=%.4f (checkpoints/%s)", epoch, self._cfg.best_metric, value,
-                         ModelDir.BEST)
+                log.info("best so far: epoch %d, %s=%.4f (%s/%s)", epoch, self._cfg.best_metric, value,
+                         ModelDir.CHECKPOINTS, ModelDir.BEST)
 
     def best(self) -> dict[str, Any] | None:
         """The best evaluated epoch of the run (resumed runs included), or None when none was evaluated."""
