@@ -89,7 +89,7 @@ def launch_latency() -> None:
     from imagenet_spark.config import PartitionConfig, TrainConfig, resolve
     from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
     from imagenet_spark.jobs.partition import run_partition
-    from imagenet_spark.spark.barrier import run_training
+    from imagenet_spark.jobs.train import run_training
     from imagenet_spark.spark.session import build_session
 
     work = Path(tempfile.mkdtemp(prefix="bench-launch-"))

@@ -143,7 +143,7 @@ def _run_barrier_job(app_name: str, master: str, work: Callable[[Any], str]) -> 
 
 def run_train_cli(args: argparse.Namespace) -> int:
     from imagenet_spark.config import TrainConfig
-    from imagenet_spark.spark.barrier import run_training
+    from imagenet_spark.jobs.train import run_training
 
     cfg = resolve(TrainConfig, preset=args.config, overrides=args.overrides, explicit=_explicit(args, _TRAIN_FLAGS))
 
@@ -179,7 +179,7 @@ _TUNE_FLAGS = ("data", "model_dir", "max_trials", "max_parallel_trials", "sample
 def run_tune_cli(args: argparse.Namespace) -> int:
     import os
 
-    from imagenet_spark.tune import TuneConfig, run_search
+    from imagenet_spark.jobs.tune import TuneConfig, run_search
 
     cfg = resolve(TuneConfig, preset=args.config, overrides=args.overrides, explicit=_explicit(args, _TUNE_FLAGS))
     preset_dir = os.path.dirname(os.path.abspath(args.config)) if args.config else None

@@ -53,6 +53,7 @@ class ModelDir:
     REPORT: ClassVar[str] = "report"
     TRIALS_JSON: ClassVar[str] = "trials.json"
     TRIALS_CSV: ClassVar[str] = "trials.csv"
+    TRIAL_RECORD: ClassVar[str] = "trial.json"  # in the search's best/: which trial it is, with its values
     TRAINER_FILES: ClassVar[tuple[str, ...]] = (CHECKPOINTS, TENSORBOARD, METRICS, SAVED_MODEL, LABELS, CONFIG_JSON)
 
     def join(self, *parts: str) -> str:
@@ -114,6 +115,15 @@ class ModelDir:
 
     def trial(self, name: str) -> "ModelDir":
         return ModelDir(self.join(name))
+
+    @property
+    def trial_record(self) -> str:
+        return self.join(self.TRIAL_RECORD)
+
+    @property
+    def best_trial_staging(self) -> str:
+        """Where the search builds ``best/`` before moving it into place."""
+        return self.join(f"_{self.BEST}.staging")
 
     def has_state(self) -> bool:
         """Whether a training already wrote here (checkpoints or its config): resume or refuse, never restart."""

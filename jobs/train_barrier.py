@@ -2,7 +2,8 @@
        --epochs E --global-batch-size B [--image-size S] [--config conf/train/...] [--set k=v ...]
 
 Trains in a Spark barrier stage, one TensorFlow worker per task, resuming from checkpoints after failures,
-and exports a serving SavedModel. Thin entry point: the work is in imagenet_spark.spark.barrier.
+and exports a serving SavedModel. Thin entry point: the work is in imagenet_spark.jobs.train
+(the driver: attempts and retries) and imagenet_spark.spark.barrier (one attempt's barrier stage).
 """
 
 import sys

@@ -3,7 +3,7 @@
 
 Hyperparameter search: each trial a full barrier training in SEARCH_DIR/trial-NNN, trials stopped early at
 epoch checkpoints when clearly behind, a summary in SEARCH_DIR/trials.csv|json, and the best trial's model in
-SEARCH_DIR/best/saved_model. Thin entry point: the work is in imagenet_spark.tune.
+SEARCH_DIR/best/saved_model. Thin entry point: the work is in imagenet_spark.jobs.tune.
 """
 
 import sys

@@ -3,7 +3,7 @@
 # MAGIC # 02 · Train, distributed
 # MAGIC
 # MAGIC Trains AlexNet or ResNet on the dataset from notebook 01 in a Spark barrier stage, one TensorFlow worker per
-# MAGIC task, launched from this notebook's SparkSession by the library (`imagenet_spark.spark.barrier.run_training`,
+# MAGIC task, launched from this notebook's SparkSession by the library (`imagenet_spark.jobs.train.run_training`,
 # MAGIC the same as `spark-submit jobs/train_barrier.py`). Progress (epoch, step, loss, images/s, ETA) appears in this
 # MAGIC cell's output while training runs. Checkpoints are written every epoch; a failed attempt is relaunched from
 # MAGIC the newest one, and running the cell again resumes the run in `model_dir`.
@@ -17,11 +17,13 @@
 
 # COMMAND ----------
 
+import typing
+
 from imagenet_spark import notebook as nb
-from imagenet_spark.config import BACKENDS, TrainConfig, resolve
+from imagenet_spark.config import Backend, TrainConfig, resolve
 from imagenet_spark.models import available
 from imagenet_spark.report import render_report
-from imagenet_spark.spark.barrier import run_training
+from imagenet_spark.jobs.train import run_training
 
 nb.setup_logging()
 work = nb.work_dir()
@@ -29,13 +31,13 @@ data = nb.widget("data", nb.join(work, "dataset"), label="Dataset (output of not
 model_dir = nb.widget("model_dir", nb.join(work, "model"), label="Model dir (checkpoints, export, metrics)")
 model = nb.widget("model", "resnet_tiny", available(), label="Model")
 workers = nb.widget_int("workers", 1, label="Workers (barrier tasks)")
-backend = nb.widget("backend", "off", [b for b in ("off", "mwms", "horovod", "mirrored") if b in BACKENDS],
+backend = nb.widget("backend", "off", list(typing.get_args(Backend)),
                     label="Backend")
 epochs = nb.widget_float("epochs", 3, label="Epochs")
 batch = nb.widget_int("batch", 32, label="Global batch size")
 image_size = nb.widget("image_size", "", label="Image size (empty: the model's)")
 preset = nb.widget("train_preset", "", label="YAML preset (conf/train/...), optional")
-settings = nb.widget("train_settings", "base_lr=0.4 warmup_epochs=1 progress_every_s=5",
+settings = nb.widget("train_settings", "recipe.base_lr=0.4 recipe.warmup_epochs=1 loop.progress_every_s=5",
                      label="More settings: key=value ...")
 overwrite = nb.widget_bool("overwrite", False, label="Start over in model_dir")
 

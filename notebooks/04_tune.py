@@ -3,7 +3,7 @@
 # MAGIC # 04 · Hyperparameter search
 # MAGIC
 # MAGIC Searches training settings on the dataset from notebook 01 and keeps the most accurate model, with the same
-# MAGIC library call as `spark-submit jobs/tune.py` (`imagenet_spark.tune.run_search`). Each trial is a whole barrier
+# MAGIC library call as `spark-submit jobs/tune.py` (`imagenet_spark.jobs.tune.run_search`). Each trial is a whole barrier
 # MAGIC training in `SEARCH_DIR/trial-NNN`; trials run at once when the cluster has slots for several; trials clearly
 # MAGIC behind at an epoch checkpoint are stopped there; the best trial's model is copied to
 # MAGIC `SEARCH_DIR/best/saved_model`.
@@ -16,31 +16,36 @@
 
 # COMMAND ----------
 
+import typing
+
 import yaml
 
 from imagenet_spark import notebook as nb
-from imagenet_spark.config import BACKENDS, resolve
+from imagenet_spark.config import Backend, resolve
 from imagenet_spark.data import fs
+from imagenet_spark.jobs.tune import run_search
+from imagenet_spark.layout import ModelDir
 from imagenet_spark.models import available
-from imagenet_spark.tune import TRIALS_JSON, TuneConfig, run_search
+from imagenet_spark.search import EarlyStopping, Sampler, TuneConfig
 
 nb.setup_logging()
 work = nb.work_dir()
 data = nb.widget("data", nb.join(work, "dataset"), label="Dataset (output of notebook 01)")
 search_dir = nb.widget("search_dir", nb.join(work, "search"), label="Search dir (trials, best model)")
-space = nb.widget("space", "{base_lr: {type: loguniform, low: 0.05, high: 1.0}, "
-                           "label_smoothing: {type: uniform, low: 0.0, high: 0.2}}", label="Search space (YAML)")
+space = nb.widget("space", "{recipe.base_lr: {type: loguniform, low: 0.05, high: 1.0}, "
+                           "recipe.label_smoothing: {type: uniform, low: 0.0, high: 0.2}}", label="Search space (YAML)")
 max_trials = nb.widget_int("max_trials", 4, label="Trials")
 max_parallel = nb.widget_int("max_parallel_trials", 2, label="Trials at once (if the cluster has the slots)")
-sampler = nb.widget("sampler", "tpe", ["tpe", "random"], label="Sampler")
-early_stopping = nb.widget("early_stopping", "successive_halving", ["successive_halving", "median", "none"],
+sampler = nb.widget("sampler", "tpe", list(typing.get_args(Sampler)), label="Sampler")
+early_stopping = nb.widget("early_stopping", "successive_halving", list(typing.get_args(EarlyStopping)),
                            label="Early stopping")
 model = nb.widget("model", "resnet_tiny", available(), label="Model")
 workers = nb.widget_int("workers", 1, label="Workers per trial")
-backend = nb.widget("backend", "off", [b for b in ("off", "mwms", "horovod") if b in BACKENDS], label="Backend")
+backend = nb.widget("backend", "off", list(typing.get_args(Backend)), label="Backend")
 epochs = nb.widget_float("epochs", 3, label="Epochs per trial")
 batch = nb.widget_int("batch", 32, label="Global batch size")
-settings = nb.widget("train_settings", "warmup_epochs=1 track=false", label="More training settings: key=value ...")
+settings = nb.widget("train_settings", "recipe.warmup_epochs=1 tracking.track=false",
+                     label="More training settings: key=value ...")
 mode = nb.widget("mode", "auto", ["auto", "overwrite"], label="auto: continue a search there; overwrite: start over")
 
 # COMMAND ----------
@@ -50,7 +55,7 @@ train = {"model": model, "workers": workers, "backend": backend, "epochs": epoch
 for item in nb.settings(settings):
     key, _, value = item.partition("=")
     train[key.strip()] = yaml.safe_load(value)
-existing = fs.exists(fs.join(search_dir, TRIALS_JSON))
+existing = fs.exists(ModelDir(search_dir).trials_json)
 cfg = resolve(TuneConfig, explicit=dict(
     data=data, model_dir=search_dir, train=train, space=yaml.safe_load(space), max_trials=max_trials,
     max_parallel_trials=max_parallel, sampler=sampler, early_stopping=early_stopping,

@@ -80,7 +80,7 @@ def read(data: Path, model_dir: Path) -> dict[str, Any]:
     from imagenet_spark.config import TrainConfig, resolve
     from imagenet_spark.data.schema import UNISCHEMA_KEY
     from imagenet_spark.distribute import stack
-    from imagenet_spark.spark.barrier import run_training
+    from imagenet_spark.jobs.train import run_training
     from imagenet_spark.spark.session import build_session
 
     manifest = json.loads((data / "manifest.json").read_text())
@@ -97,7 +97,7 @@ def read(data: Path, model_dir: Path) -> dict[str, Any]:
         cfg = resolve(TrainConfig, explicit=dict(data=str(data), model_dir=str(model_dir), model="resnet_tiny",
                                                  workers=1, backend="off", epochs=1, global_batch_size=16,
                                                  warmup_epochs=0, seed=1, track=False))
-        out["train_reader"] = stack.resolve_train_reader(cfg.train_reader)
+        out["train_reader"] = stack.resolve_train_reader(cfg.input.train_reader)
         out["metrics"] = run_training(spark, cfg).get("metrics", {})
     finally:
         spark.stop()

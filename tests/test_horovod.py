@@ -24,8 +24,13 @@ import pytest
 from imagenet_spark.config import TrainConfig, resolve
 from imagenet_spark.distribute.cluster import Endpoint, LaunchError, host_layout
 from imagenet_spark.distribute.context import WorkerContext
-from imagenet_spark.distribute.horovod_env import (HorovodLaunchError, choose_iface, horovod_env, host_alloc_plan,
-                                                   start_rendezvous)
+from imagenet_spark.distribute.horovod_env import (
+    HorovodLaunchError,
+    choose_iface,
+    horovod_env,
+    host_alloc_plan,
+    start_rendezvous,
+)
 
 CLASSES = 4
 VAL_IMAGES = 15 * CLASSES
@@ -189,8 +194,10 @@ def _launch_two(spec_config: dict[str, Any]) -> tuple[list[Any], _FakeBarrier]:
     def run(rank: int) -> None:
         wctx = WorkerContext(rank=rank, size=2, host="127.0.0.1")
         try:
-            results[rank] = _horovod_launch(fake.task(rank), wctx, endpoints, {"config": spec_config}, gpu=False)
-        except Exception as exc:  # noqa: BLE001
+            results[rank] = _horovod_launch(fake.task(rank), wctx, endpoints, gpu=False,
+                                            interface=spec_config["network_interface"],
+                                            timeout_s=spec_config["barrier_timeout_s"])
+        except Exception as exc:
             results[rank] = exc
 
     threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
@@ -300,7 +307,7 @@ def _train_cfg(data: Path, model_dir: Path, **kw: Any) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def horovod_run(spark, dataset, tmp_path_factory):
-    from imagenet_spark.spark.barrier import run_training
+    from imagenet_spark.jobs.train import run_training
 
     model_dir = tmp_path_factory.mktemp("hvd") / "m"
     result = run_training(spark, _train_cfg(dataset, model_dir, epochs=6))
@@ -335,7 +342,7 @@ def test_every_rank_ends_with_identical_weights(horovod_run):
 @pytest.mark.legacy_only
 @pytest.mark.slow
 def test_parity_with_multi_worker_mirrored(spark, dataset, horovod_run, tmp_path):
-    from imagenet_spark.spark.barrier import run_training
+    from imagenet_spark.jobs.train import run_training
 
     model_dir, _ = horovod_run
     mwms = run_training(spark, _train_cfg(dataset, tmp_path / "mwms", epochs=6, backend="mwms"))
@@ -356,7 +363,7 @@ def test_resume_after_a_crash(spark, dataset, tmp_path, fail_rank):
     rendezvous. The survivor must not hang in a collective: its Gloo connection is reset at once, Horovod shuts
     down and its worker exits (Spark also kills the barrier siblings, and a worker dies with its task through
     PR_SET_PDEATHSIG). The driver resumes from the checkpoint at step 8. Also exercises fp16 allreduce."""
-    from imagenet_spark.spark.barrier import run_training
+    from imagenet_spark.jobs.train import run_training
 
     model_dir = tmp_path / "m"
     cfg = _train_cfg(dataset, model_dir, checkpoint_every_steps=4, fail_at_step=10, fail_rank=fail_rank,

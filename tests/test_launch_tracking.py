@@ -1,4 +1,4 @@
-"""The MLflow run opened in a thread while the launch goes on (spark/barrier.py ``_start_tracking``) still ends
+"""The MLflow run opened in a thread while the launch goes on (jobs/train.py ``_start_tracking``) still ends
 FINISHED with the parameters and one value per epoch: the driver joins the thread before ``finish``."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from imagenet_spark.config import TrainConfig, resolve
-from imagenet_spark.spark.barrier import run_training
+from imagenet_spark.jobs.train import run_training
 from imagenet_spark.tracking import RUN_POINTER
 
 

@@ -15,6 +15,7 @@ from imagenet_spark.config import PartitionConfig, TrainConfig, resolve
 from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
 from imagenet_spark.data.samples import manifest_tables, read_samples
 from imagenet_spark.jobs.partition import run_partition
+from imagenet_spark.jobs.train import run_training
 from imagenet_spark.report import (
     ReportError,
     figure_size,
@@ -24,7 +25,6 @@ from imagenet_spark.report import (
     run_report_cli,
 )
 from imagenet_spark.serving.evaluation import EvaluationError, evaluate_rows
-from imagenet_spark.spark.barrier import run_training
 
 CLASSES = 3
 

@@ -19,7 +19,7 @@ import pytest
 from imagenet_spark.config import ConfigError, TrainConfig, resolve, to_dict
 from imagenet_spark.data.schema import DatasetError
 from imagenet_spark.distribute.cluster import LaunchError
-from imagenet_spark.spark.barrier import run_training
+from imagenet_spark.jobs.train import run_training
 from imagenet_spark.train.planning import prepare_model_dir
 
 REPO = Path(__file__).resolve().parents[1]

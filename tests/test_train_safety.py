@@ -24,7 +24,7 @@ import pytest
 
 from imagenet_spark import jsonio, ownership
 from imagenet_spark.config import ConfigError, PartitionConfig, TrainConfig, resolve, to_dict, with_settings
-from imagenet_spark.spark.barrier import run_training
+from imagenet_spark.jobs.train import run_training
 from imagenet_spark.train.divergence import DivergedError
 from imagenet_spark.train.planning import check_model_dir
 
@@ -95,7 +95,7 @@ def test_json_files_users_read_are_strict():
 def test_model_dir_overlapping_the_data_is_refused_and_the_data_untouched(spark, dataset, tmp_path):
     """The issue's case (--model-dir equal to --data, rerun with --overwrite) and its relatives, for training and
     for the search: refused before any work, every byte of the dataset (and its parent) unchanged."""
-    from imagenet_spark.tune import TuneConfig, run_search
+    from imagenet_spark.jobs.tune import TuneConfig, run_search
 
     before = _snapshot(dataset.parent)
     cases = [(dataset, "is the same directory as"), (dataset / "models" / "m", "lies inside"),
@@ -223,7 +223,7 @@ def test_divergence_via_the_cli_exits_non_zero_without_a_model(dataset, tmp_path
 def test_the_search_records_a_diverged_trial_and_goes_on(spark, dataset, tmp_path):
     """Trial 0 diverges (base_lr=1e9), trial 1 trains: the first is 'failed' with failure 'diverged' and does not
     count towards stop_after_failures=1; trials.json and trial.json are strict JSON."""
-    from imagenet_spark.tune import TuneConfig, run_search
+    from imagenet_spark.jobs.tune import TuneConfig, run_search
 
     search = tmp_path / "search"
     cfg = resolve(TuneConfig, explicit=dict(

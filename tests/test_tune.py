@@ -13,8 +13,19 @@ from pathlib import Path
 import pytest
 
 from imagenet_spark.config import ConfigError, resolve
-from imagenet_spark.tune import (TrialRecord, TuneConfig, _failure_streak, _write_results, ask_trial, make_study,
-                                 parse_param, plan_parallel, rungs, summary_table, trial_config)
+from imagenet_spark.search import (
+    TrialRecord,
+    TuneConfig,
+    ask_trial,
+    failure_streak,
+    make_study,
+    parse_param,
+    plan_parallel,
+    rungs,
+    summary_table,
+    trial_config,
+    write_results,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +94,7 @@ def test_trial_config_layers_preset_fixed_sampled_and_owned_settings():
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_samplers_stay_in_the_space_and_try_enqueued_values_first(sampler):
-    from imagenet_spark.tune import parse_param as p
+    from imagenet_spark.search import parse_param as p
 
     cfg = _cfg(sampler=sampler, startup_trials=2, space={
         "base_lr": {"type": "loguniform", "low": 0.01, "high": 1.0},
@@ -132,9 +143,9 @@ def test_parallel_trials_fit_the_slots_and_the_driver_says_which():
 def test_a_run_of_failures_stops_the_search_but_one_does_not():
     ok, bad = TrialRecord(trial=0, params={}, status="completed"), TrialRecord(trial=1, params={}, status="failed",
                                                                                 error="X: y")
-    assert _failure_streak([ok, bad, bad], 3) == ""
-    assert "3 trials in a row failed (stop_after_failures=3)" in _failure_streak([ok, bad, bad, bad], 3)
-    assert _failure_streak([bad, TrialRecord(trial=2, params={}, status="running")], 1)
+    assert failure_streak([ok, bad, bad], 3) == ""
+    assert "3 trials in a row failed (stop_after_failures=3)" in failure_streak([ok, bad, bad, bad], 3)
+    assert failure_streak([bad, TrialRecord(trial=2, params={}, status="running")], 1)
 
 
 def test_results_table_csv_and_json(tmp_path):
@@ -143,7 +154,7 @@ def test_results_table_csv_and_json(tmp_path):
                            epochs_run=3, model_dir="m0"),
                TrialRecord(trial=1, params={"base_lr": 0.5, "label_smoothing": 0.1}, status="failed",
                            error="TrainingFailedError: boom")]
-    _write_results(cfg, records, {"status": "done"})
+    write_results(cfg, records, {"status": "done"})
     lines = (tmp_path / "trials.csv").read_text().splitlines()
     assert lines[0].endswith("param.base_lr,param.label_smoothing") and lines[1].startswith("0,completed,0.75,3,3,")
     doc = json.loads((tmp_path / "trials.json").read_text())

@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
+from imagenet_spark.distribute.cluster import split_host_port
 from imagenet_spark.distribute.context import WorkerContext
+from imagenet_spark.distribute.failures import FailureKind, PortConflictError
+from imagenet_spark.distribute.ports import port_taken
 from imagenet_spark.errors import ImagenetSparkError
 
 log = logging.getLogger(__name__)
 
 
 class BackendError(ImagenetSparkError, RuntimeError):
-    """A backend cannot start here (e.g. Horovod missing); the message says how to install or choose another."""
+    """A backend cannot start here (e.g. Horovod missing); the message says how to install or choose another.
+    Never retried (kind "backend"): every relaunch would fail the same way."""
+
+    kind: FailureKind = "backend"
 
 
 class Backend:
@@ -90,12 +97,25 @@ class Backend:
         yield
 
 
-def _mwms(ctx: WorkerContext) -> Any:
+def _mwms() -> Any:
+    """The MWMS strategy; its creation starts TensorFlow's gRPC server on the port in TF_CONFIG. When that
+    fails because another process took the port since the exchange, raise PortConflictError (relaunched with
+    fresh ports), decided by asking the socket, not by TensorFlow's message or exception type (both differ
+    across versions)."""
     import tensorflow as tf
 
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    except Exception as exc:
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        address = resolver.cluster_spec().task_address(resolver.task_type, resolver.task_id)
+        host, port = split_host_port(address)
+        if port is not None and port_taken(host, port):
+            raise PortConflictError(f"cannot bind {host}:{port}: another process took the port exchanged for "
+                                    f"TensorFlow ({type(exc).__name__})") from exc
+        raise
 
 
 def make_backend(name: str, ctx: WorkerContext, *, horovod_fp16_allreduce: bool = False) -> Backend:
@@ -111,7 +131,7 @@ def make_backend(name: str, ctx: WorkerContext, *, horovod_fp16_allreduce: bool 
         backend = Backend(tf.distribute.MirroredStrategy(), ctx)
         backend.name = "mirrored"
     elif name == "mwms":
-        backend = Backend(_mwms(ctx), ctx)
+        backend = Backend(_mwms(), ctx)
         backend.name = "mwms"
     elif name == "horovod":
         from imagenet_spark.distribute.horovod_backend import make_horovod_backend

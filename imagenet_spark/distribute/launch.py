@@ -20,10 +20,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from imagenet_spark.distribute.cluster import LaunchError
-from imagenet_spark.distribute.ports import PORT_CONFLICT_EXIT
+from imagenet_spark.distribute.failures import FailureKind, PortConflictError, exit_kind
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,13 @@ _TAIL_LINES = 60
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")
 
 
-class PortConflictError(LaunchError):
-    """TensorFlow could not bind the port exchanged for it (taken in between): relaunch with fresh ports."""
-
-
 class WorkerFailedError(LaunchError):
-    """A training worker process exited non-zero; carries the tail of its output."""
+    """A training worker process exited non-zero; carries the tail of its output, and the failure's ``kind``
+    from the exit code (distribute/failures.py)."""
+
+    def __init__(self, message: str, *, kind: FailureKind = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -49,12 +51,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def run_worker_process(spec: Mapping[str, Any], *, env: Mapping[str, str], rank: int) -> dict[str, Any]:
-    """Start ``python -m imagenet_spark.train.worker SPEC``, stream its output to our log, return its result."""
+    """Start ``python -m imagenet_spark.train.worker SPEC RESULT``, stream its output to our log, return its
+    result. ``spec``: the worker spec as plain values (``to_dict`` of train/spec.py's ``WorkerSpec``)."""
     workdir = tempfile.mkdtemp(prefix=f"imagenet-spark-rank{rank}-")
     spec_path = os.path.join(workdir, "spec.json")
     result_path = os.path.join(workdir, "result.json")
     with open(spec_path, "w") as f:
-        json.dump({**spec, "result_path": result_path}, f)
+        json.dump(spec, f)
     # TMPDIR: what TensorFlow leaves in the temp dir (autograph's generated modules, removed only at a clean
     # exit) goes with the worker's own folder, which we remove however the worker ended.
     child_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
@@ -68,7 +71,8 @@ def run_worker_process(spec: Mapping[str, Any], *, env: Mapping[str, str], rank:
 
 def _run(spec_path: str, result_path: str, child_env: Mapping[str, str], rank: int) -> dict[str, Any]:
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-    proc = subprocess.Popen([sys.executable, "-m", "imagenet_spark.train.worker", spec_path], env=child_env,
+    proc = subprocess.Popen([sys.executable, "-m", "imagenet_spark.train.worker", spec_path, result_path],
+                            env=child_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             preexec_fn=_die_with_parent)
     assert proc.stdout is not None
@@ -77,7 +81,8 @@ def _run(spec_path: str, result_path: str, child_env: Mapping[str, str], rank: i
         tail.append(line)
         print(f"[rank {rank}] {line}", file=sys.stderr, flush=True)  # executor log (stderr of the task)
     rc = proc.wait()
-    if rc == PORT_CONFLICT_EXIT:
+    kind = exit_kind(rc)
+    if rc != 0 and kind == "port_conflict":
         raise PortConflictError(f"rank {rank}: the port exchanged for TensorFlow was taken before it could bind; "
                                 "relaunching with fresh ports")
     if rc != 0:
@@ -85,6 +90,7 @@ def _run(spec_path: str, result_path: str, child_env: Mapping[str, str], rank: i
         errors = [line.strip() for line in tail if _EXCEPTION_LINE.match(line.strip())]
         last = [line.strip() for line in tail if line.strip()]
         cause = f": {errors[-1][:400]}" if errors else f" after: {last[-1][:400]}" if last else ""
-        raise WorkerFailedError(f"rank {rank}: training worker exited with code {rc}{cause}. Last output:\n{text}")
+        raise WorkerFailedError(f"rank {rank}: training worker exited with code {rc}{cause}. Last output:\n{text}",
+                                kind=kind)
     with open(result_path) as f:
         return json.load(f)

@@ -1,17 +1,18 @@
 """Pick a free TCP port on this host's address, and recognise when TensorFlow lost it anyway.
 
 Bind-then-close can race with another process taking the port before TensorFlow binds it (TensorFlow's
-gRPC server refuses SO_REUSEPORT, so the port cannot be held across the hand-over). The worker detects
-the failed bind ("Could not start gRPC server") and exits with PORT_CONFLICT_EXIT; the barrier task turns
-that into a PortConflictError and the driver relaunches the stage with fresh ports, without counting it
-against --max-retries, instead of leaving the other ranks waiting for a peer that never comes.
+gRPC server refuses SO_REUSEPORT, so the port cannot be held across the hand-over). When the MWMS backend
+fails to start, it asks :func:`port_taken` whether its port is held by someone else (a fact about the socket,
+not TensorFlow's message) and raises PortConflictError; the worker exits with PORT_CONFLICT_EXIT, the barrier
+task reports the kind "port_conflict" (distribute/failures.py) and the driver relaunches the stage with fresh
+ports, without counting it against --max-retries, instead of leaving the other ranks waiting for a peer that
+never comes.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
-
-PORT_CONFLICT_EXIT = 75  # EX_TEMPFAIL
 
 
 def free_port(host: str) -> int:
@@ -29,3 +30,14 @@ def hold_port(host: str, port: int) -> socket.socket:
     s.bind((host, port))
     s.listen(1)
     return s
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether another socket holds ``host:port`` now (binding it fails with EADDRINUSE)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False

@@ -14,14 +14,16 @@ import secrets
 import socket
 import socketserver
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
 class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
-        server: "_Server" = self.server  # type: ignore[assignment]
+        server: _Server = self.server  # type: ignore[assignment]
         for raw in self.rfile:
             try:
                 msg = json.loads(raw)
@@ -43,6 +45,15 @@ class _Server(socketserver.ThreadingTCPServer):
         super().__init__(address, _Handler)
 
 
+@dataclass(frozen=True)
+class ProgressEndpoint:
+    """Where a worker sends progress: the driver's address and the run's token (part of the worker spec)."""
+
+    host: str
+    port: int
+    token: str
+
+
 class ProgressServer:
     """Listen on ``host`` (an ephemeral port) and call ``on_message`` for every authenticated message."""
 
@@ -53,7 +64,7 @@ class ProgressServer:
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="progress-server", daemon=True)
 
-    def __enter__(self) -> "ProgressServer":
+    def __enter__(self) -> ProgressServer:
         self._thread.start()
         return self
 
@@ -61,8 +72,13 @@ class ProgressServer:
         self._server.shutdown()
         self._server.server_close()
 
+    @property
+    def address(self) -> ProgressEndpoint:
+        return ProgressEndpoint(host=self.host, port=self.port, token=self.token)
+
     def endpoint(self) -> dict[str, Any]:
-        return {"host": self.host, "port": self.port, "token": self.token}
+        """``address`` as ``ProgressClient``'s keyword arguments."""
+        return asdict(self.address)
 
 
 class ProgressClient:

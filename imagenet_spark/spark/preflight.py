@@ -23,17 +23,18 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from imagenet_spark.data import fs
 from imagenet_spark.distribute.cluster import LaunchError
+from imagenet_spark.layout import PREFLIGHT_PROBE, DatasetDir
+from imagenet_spark.spark.session import master_kind, under_spark_submit
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-PROBE_DIR = ".imagenet-spark-preflight"
 
 
 class PreflightError(LaunchError):
@@ -47,7 +48,7 @@ class PreflightError(LaunchError):
 def submitted_conf() -> dict[str, str] | None:
     """The Spark settings spark-submit passed (``--conf``, ``--properties-file``, spark-defaults), read before the
     SparkContext starts; None when not launched by spark-submit (the session's builder decides then)."""
-    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+    if not under_spark_submit():
         return None
     from pyspark import SparkConf, SparkContext
 
@@ -60,7 +61,7 @@ def check_spark_conf(conf: Mapping[str, str], *, master: str | None, barrier: bo
 
     ``barrier``: the job runs a barrier stage (training), which needs a fixed set of executors."""
     master = master or conf.get("spark.master", "")
-    local = master.startswith("local")
+    local = master_kind(master) != "cluster"
     if barrier and str(conf.get("spark.dynamicAllocation.enabled", "false")).lower() == "true":
         raise PreflightError(
             "spark.dynamicAllocation.enabled=true: barrier stages need a fixed set of executors (a gang-scheduled "
@@ -165,14 +166,13 @@ def check_executor_access(spark: Any, *, read: Sequence[ReadCheck] = (), write: 
     see (a local disk of its own)."""
     from imagenet_spark.spark.jobs import run_tasks
 
-    master = spark.sparkContext.master
-    if master == "local" or master.startswith("local["):  # executors are threads of the driver: same files
+    if master_kind(spark.sparkContext.master) == "local":  # executors are threads of the driver: same files
         return []
     started = time.monotonic()
     token = uuid.uuid4().hex[:12]
     write_specs = []
     for check in write:
-        probe_dir = fs.join(check.root, PROBE_DIR)
+        probe_dir = fs.join(check.root, PREFLIGHT_PROBE)
         driver_probe = fs.join(probe_dir, f"{token}-driver")
         fs.make_dirs(probe_dir)
         fs.write_text_atomic(driver_probe, "driver")
@@ -211,7 +211,7 @@ def check_executor_access(spark: Any, *, read: Sequence[ReadCheck] = (), write: 
 
 def check_training_paths(spark: Any, cfg: Any, *, tasks: int) -> list[str]:
     """Executors read the dataset's manifest and write into the model dir (the checkpoints go there)."""
-    return check_executor_access(spark, read=[ReadCheck("data", cfg.data, fs.join(cfg.data, "manifest.json"))],
+    return check_executor_access(spark, read=[ReadCheck("data", cfg.data, DatasetDir(cfg.data).manifest)],
                                  write=[WriteCheck("model_dir", cfg.model_dir)], tasks=tasks)
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ def end_session(spark: Any, exit_code: int) -> None:
     exit code. (On a cluster the barrier tasks run in executors, which end with the application.)
     """
     sc = spark.sparkContext
-    local = sc.master.startswith("local")
+    local = master_kind(sc.master) != "cluster"  # the driver JVM is spark-submit's own (local-cluster too)
     jvm = sc._jvm
     spark.stop()
     if local and under_spark_submit():
@@ -63,14 +65,48 @@ def end_session(spark: Any, exit_code: int) -> None:
         logging.disable(logging.CRITICAL)  # py4j reports the connection the exit cuts; that is expected, not news
         try:
             jvm.java.lang.System.exit(exit_code)
-        except Exception:  # noqa: BLE001 - the JVM is gone before py4j can answer; that is the point
+        except Exception:
             pass
+
+
+MasterKind = Literal["local", "local-cluster", "cluster"]
+
+_LOCAL = re.compile(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?")  # local, local[N], local[*], local[N,maxFailures]
+_LOCAL_CLUSTER = re.compile(r"local-cluster\[(\d+),\s*(\d+),\s*\d+\]")  # local-cluster[executors,cores,memMiB]
+
+
+def master_kind(master: str) -> MasterKind:
+    """Where a master runs the executors: the one rule every "is this local?" question asks.
+
+    * ``local``: local, local[N], local[*]: executors are threads of the driver's JVM (same process tree,
+      same files), so one worker trains as a driver subprocess and executor-side checks are moot.
+    * ``local-cluster``: local-cluster[n,c,m]: separate executor JVMs on this machine, treated like a cluster
+      for launching (barrier stages, executor probes) but sharing the driver's machine.
+    * ``cluster``: anything else (spark://, yarn, k8s://, Databricks, or no master named)."""
+    if _LOCAL.fullmatch(master):
+        return "local"
+    if _LOCAL_CLUSTER.fullmatch(master):
+        return "local-cluster"
+    return "cluster"
+
+
+def local_slots(master: str) -> int | None:
+    """Task slots the master string itself promises: N for local[N] (the CPUs for local[*], 1 for local),
+    executors x cores for local-cluster; None for a cluster (ask Spark, executors register over time)."""
+    m = _LOCAL.fullmatch(master)
+    if m:
+        n = m.group(1)
+        return 1 if n is None else (os.cpu_count() or 1) if n == "*" else int(n)
+    m = _LOCAL_CLUSTER.fullmatch(master)
+    if m:
+        return int(m.group(1)) * int(m.group(2))
+    return None
 
 
 def executors_in_driver_jvm(master: str) -> bool:
     """local / local[N]: the executors live in the driver's JVM (same process tree, same files).
     local-cluster has separate executor JVMs, like a real cluster, and is treated as one."""
-    return master == "local" or master.startswith("local[")
+    return master_kind(master) == "local"
 
 
 def ship_package(spark: Any) -> str | None:
