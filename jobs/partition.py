@@ -1,7 +1,8 @@
 """spark-submit jobs/partition.py --input SRC --output DST [--config conf/partition/...] [--set k=v ...]
 
 Raw ImageNet in any of its shapes → Petastorm Parquet partitioned by synset, with labels.txt and
-manifest.json. Thin entry point: all the work is in imagenet_spark.data.partition.
+manifest.json. Thin entry point: the driver is imagenet_spark.jobs.partition (run_partition), over the
+executor work in imagenet_spark.data (tasks, partition, manifest).
 """
 
 import sys

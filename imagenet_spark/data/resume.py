@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from imagenet_spark.config import ConfigError, PartitionConfig
 from imagenet_spark.data import fs, layouts
-from imagenet_spark.layout import DatasetDir
+from imagenet_spark.layout import LABELS, DatasetDir
 
 if TYPE_CHECKING:  # tasks.plan_tasks calls task_key: the records are imported for annotations only
     from imagenet_spark.data.tasks import PartitionTask, TaskResult
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # Labels files a layout reads from the input root (besides the labels_file / val_labels settings).
 LABEL_FILES = ("synset_labels.txt", "validation/synset_labels.txt", "LOC_val_solution.csv", "LOC_synset_mapping.txt",
-               "train.csv", "validation.csv", "val.csv", "labels.txt")
+               "train.csv", "validation.csv", "val.csv", LABELS)
 _NO_STAT = (-1, -1)
 # Settings that change every task's output: a resume must keep them. The others may change on --resume:
 # max_reject_fraction, num_partitions, tfrecord; labels_file and val_labels reach the task keys (a fixed
