@@ -63,7 +63,7 @@ def step_ratio(model_name: str, image_size: int, batch: int, steps: int) -> None
     def fit() -> float:
         model = build(model_name, num_classes=classes, image_size=image_size)
         kernels = decay_variables(model)  # the same L2 on conv/dense kernels as our step, so both do the same work
-        model.add_loss(lambda: cfg.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in kernels]))
+        model.add_loss(lambda: cfg.recipe.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in kernels]))
         model.compile(optimizer=tf.keras.optimizers.SGD(0.01, momentum=0.9),
                       loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1),
                       metrics=[tf.keras.metrics.CategoricalAccuracy(), tf.keras.metrics.TopKCategoricalAccuracy(5)])

@@ -24,7 +24,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from imagenet_spark import jsonio
-from imagenet_spark.config import VAL_METRICS, ConfigError, TrainConfig, read_preset, resolve, to_dict
+from imagenet_spark.config import (
+    VAL_METRICS,
+    ConfigError,
+    Metric,
+    TrainConfig,
+    canonical_key,
+    dotted_settings,
+    flat_names,
+    keyed_by_setting,
+    merge_settings,
+    read_preset,
+    resolve,
+    to_dict,
+)
 from imagenet_spark.data import fs
 from imagenet_spark.errors import ImagenetSparkError
 from imagenet_spark.layout import ModelDir
@@ -35,7 +48,7 @@ ParamType = Literal["loguniform", "uniform", "int", "choice"]
 TrialStatus = Literal["running", "completed", "pruned", "failed"]
 PARAM_TYPES: tuple[str, ...] = typing.get_args(ParamType)
 # Trial settings the search owns: a space or the fixed overrides must not set them.
-_OWNED = frozenset({"data", "model_dir", "export", "best_metric", "stop_at_epoch", "overwrite"})
+_OWNED = frozenset({"data", "model_dir", "output.export", "output.best_metric", "output.stop_at_epoch", "overwrite"})
 
 
 class TuneError(ImagenetSparkError, RuntimeError):
@@ -57,7 +70,7 @@ class TuneConfig:
     train_preset: str | None = None
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
     space: dict[str, Any] = dataclasses.field(default_factory=dict)
-    metric: str = "val_top1"
+    metric: Metric = "val_top1"
     max_trials: int = 8
     max_parallel_trials: int = 1
     sampler: Sampler = "tpe"
@@ -79,6 +92,13 @@ class TuneConfig:
     stop_after_failures: int = 3
     # Fault injection for tests and drills: this trial number crashes at its first step, with no retries.
     inject_failure_trial: int | None = None
+
+    def __post_init__(self) -> None:
+        # Search keys as dotted TrainConfig keys however written (nested sections, --set space.recipe.base_lr.low,
+        # old flat names): one spelling for the sampler, the enqueued values and trials.json.
+        object.__setattr__(self, "space", keyed_by_setting(TrainConfig, self.space))
+        object.__setattr__(self, "enqueue", tuple(keyed_by_setting(TrainConfig, v) if isinstance(v, Mapping) else v
+                                                  for v in self.enqueue))
 
     def validate(self) -> None:
         if not self.data:
@@ -104,9 +124,11 @@ class TuneConfig:
             raise ConfigError("space", self.space, "nothing to search.",
                               "give at least one key, e.g. --set space.base_lr.type=loguniform "
                               "--set space.base_lr.low=0.01 --set space.base_lr.high=1.")
-        for key in sorted(_OWNED & (set(self.space) | set(self.train))):
-            raise ConfigError(f"space.{key}" if key in self.space else f"train.{key}", key,
-                              "the search sets this itself for every trial.", "remove it.")
+        for where, keys in (("space", list(self.space)), ("train", list(dotted_settings(TrainConfig, self.train)))):
+            for key in keys:
+                if flat_names(TrainConfig).get(key, key) in _OWNED:
+                    raise ConfigError(f"{where}.{key}", key, "the search sets this itself for every trial.",
+                                      "remove it.")
         for key, spec in self.space.items():
             parse_param(key, spec)
         known = set(self.space)
@@ -125,10 +147,7 @@ def parse_param(key: str, spec: Any) -> Any:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     setting = f"space.{key}"
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    if key not in fields:
-        raise ConfigError(setting, spec, "not a training setting.",
-                          f"search keys are TrainConfig settings, e.g. {', '.join(sorted(fields)[:6])}, ...")
+    canonical_key(TrainConfig, key, setting=setting, problem="not a training setting.")
     if not isinstance(spec, Mapping) or spec.get("type") not in PARAM_TYPES:
         raise ConfigError(setting, spec, f"expected a mapping with type: {' | '.join(PARAM_TYPES)}.",
                           f"write e.g. {key}: {{type: loguniform, low: 0.01, high: 1.0}}.")
@@ -219,12 +238,11 @@ class TrialRecord:
 
 def trial_config(cfg: TuneConfig, base: Mapping[str, Any], params: Mapping[str, Any], *, number: int) -> TrainConfig:
     """The TrainConfig of trial ``number``: preset < fixed overrides < sampled values < what the search owns."""
-    explicit: dict[str, Any] = {**base, **cfg.train, **params, "data": cfg.data,
-                                "model_dir": ModelDir(cfg.model_dir).trial(f"trial-{number:03d}").root,
-                                "export": "best", "best_metric": cfg.metric}
+    owned: dict[str, Any] = {"data": cfg.data, "model_dir": ModelDir(cfg.model_dir).trial(f"trial-{number:03d}").root,
+                             "output.export": "best", "output.best_metric": cfg.metric}
     if cfg.inject_failure_trial == number:
-        explicit.update(fail_at_step=1, max_retries=0)
-    return resolve(TrainConfig, explicit=explicit)
+        owned.update({"faults.fail_at_step": 1, "launch.max_retries": 0})
+    return resolve(TrainConfig, explicit=merge_settings(TrainConfig, base, cfg.train, params, owned))
 
 
 def best_so_far(history: list[dict[str, Any]], metric: str, *, larger: bool) -> tuple[float | None, int | None]:

@@ -19,8 +19,10 @@
 
 # COMMAND ----------
 
+import typing
+
 from imagenet_spark import notebook as nb
-from imagenet_spark.config import PartitionConfig, resolve
+from imagenet_spark.config import Layout, PartitionConfig, resolve
 from imagenet_spark.jobs.partition import run_partition
 from imagenet_spark.data.samples import manifest_tables
 from imagenet_spark.report import render_sample_grid
@@ -29,7 +31,7 @@ nb.setup_logging()
 work = nb.work_dir()
 source = nb.widget("input", "", label="Raw ImageNet (empty: generate fake data)")
 output = nb.widget("output", nb.join(work, "dataset"), label="Output dataset")
-layout = nb.widget("layout", "auto", ["auto", "ilsvrc", "tar", "kaggle", "folders", "csv"], label="Input layout")
+layout = nb.widget("layout", "auto", list(typing.get_args(Layout)), label="Input layout")
 mode = nb.widget("mode", "resume", ["resume", "overwrite", "new"], label="If the output exists")
 resize_short = nb.widget("resize_short", "256", label="Short side after resize (none: keep)")
 preset = nb.widget("partition_preset", "", label="YAML preset (conf/partition/...), optional")

@@ -17,8 +17,8 @@ def _default_recipe(epochs: float) -> Schedule:
     """The default recipe's schedule (warmup_epochs 5, cosine) for a run of ``epochs``."""
     cfg = TrainConfig(data="/d", model_dir="/m", epochs=epochs)
     cfg.validate()  # any positive --epochs is a valid run with the default warmup
-    return make_schedule(peak_lr=0.1, steps_per_epoch=SPE, epochs=epochs, warmup_epochs=cfg.warmup_epochs,
-                         warmup_max_fraction=cfg.warmup_max_fraction, kind="cosine")
+    return make_schedule(peak_lr=0.1, steps_per_epoch=SPE, epochs=epochs, warmup_epochs=cfg.recipe.warmup_epochs,
+                         warmup_max_fraction=cfg.recipe.warmup_max_fraction, kind="cosine")
 
 
 @pytest.mark.parametrize("epochs, warmup_epochs", [(0.5, 0.5 / 3), (1, 1 / 3), (5, 5 / 3), (90, 5.0)])

@@ -78,7 +78,7 @@ def test_non_finite_values_are_refused_however_the_config_was_built():
 def test_absurd_but_finite_settings_stay_allowed():
     cfg = resolve(TrainConfig, overrides=["base_lr=1e9", "step_factor=1e9"],
                   explicit=dict(data="/d", model_dir="/m", model="resnet_tiny"))
-    assert cfg.base_lr == 1e9
+    assert cfg.recipe.base_lr == 1e9
 
 
 def test_json_files_users_read_are_strict():
@@ -189,7 +189,7 @@ def test_divergence_mid_run_stops_with_step_and_rate_and_exports_nothing(spark, 
     steps_per_epoch = 240 // 16
     assert steps_per_epoch < exc.step <= 2 * steps_per_epoch, exc.step
     first, last = map(int, re.search(r"first bad step between (\d+) and (\d+)", str(exc)).groups())
-    assert last == exc.step and last - first < cfg.divergence_check_steps == 10, "checked at most 10 steps apart"
+    assert last == exc.step and last - first < cfg.loop.divergence_check_steps == 10, "checked at most 10 steps apart"
     assert exc.learning_rate == pytest.approx(cfg.learning_rate * 1e9)
     text = str(exc)
     assert f"global step {exc.step}" in text and "learning rate" in text and "Fix: lower base_lr" in text

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from imagenet_spark.config import ConfigError, resolve
+from imagenet_spark.config import ConfigError, FlatSettingWarning, resolve
 from imagenet_spark.search import (
     TrialRecord,
     TuneConfig,
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cfg(**kw) -> TuneConfig:
-    base = dict(data="/d", model_dir="/s", space={"base_lr": {"type": "loguniform", "low": 0.01, "high": 1.0}})
+    base = dict(data="/d", model_dir="/s", space={"recipe.base_lr": {"type": "loguniform", "low": 0.01, "high": 1.0}})
     base.update(kw)
     return resolve(TuneConfig, explicit=base)
 
@@ -65,11 +65,15 @@ def test_search_settings_are_validated_up_front():
         _cfg(metric="accuracy")
     with pytest.raises(ConfigError, match=r"space=\{\}: nothing to search"):
         _cfg(space={})
-    # dotted --set overrides build the space as a user types it
-    cfg = resolve(TuneConfig, overrides=["space.label_smoothing.type=uniform", "space.label_smoothing.low=0",
-                                         "space.label_smoothing.high=0.2", "max_trials=3"],
-                  explicit=dict(data="/d", model_dir="/s"))
-    assert cfg.space == {"label_smoothing": {"type": "uniform", "low": 0, "high": 0.2}} and cfg.max_trials == 3
+    # dotted --set overrides build the space as a user types it; search keys are the settings' dotted keys
+    cfg = resolve(TuneConfig, overrides=["space.recipe.label_smoothing.low=0", "space.recipe.label_smoothing.high=0.2",
+                                         "max_trials=3"],  # merged with the same key written dotted
+                  explicit=dict(data="/d", model_dir="/s", space={"recipe.label_smoothing": {"type": "uniform"}}))
+    assert cfg.space == {"recipe.label_smoothing": {"type": "uniform", "low": 0, "high": 0.2}} and cfg.max_trials == 3
+    with pytest.warns(FlatSettingWarning, match="label_smoothing -> recipe.label_smoothing"):  # the old flat key
+        old = _cfg(space={"label_smoothing": {"type": "uniform", "low": 0, "high": 0.2}},
+                   enqueue=[{"label_smoothing": 0.1}])
+    assert set(old.space) == {"recipe.label_smoothing"} and old.enqueue == ({"recipe.label_smoothing": 0.1},)
 
 
 def test_rungs_are_geometric_and_stop_before_the_last_epoch():
@@ -80,14 +84,16 @@ def test_rungs_are_geometric_and_stop_before_the_last_epoch():
 
 
 def test_trial_config_layers_preset_fixed_sampled_and_owned_settings():
-    cfg = _cfg(train={"workers": 2, "base_lr": 0.2, "epochs": 4, "warmup_epochs": 1}, metric="val_loss",
+    cfg = _cfg(train={"workers": 2, "epochs": 4, "recipe": {"base_lr": 0.2, "warmup_epochs": 1}}, metric="val_loss",
                inject_failure_trial=5)
-    preset = {"model": "resnet_tiny", "base_lr": 0.1, "global_batch_size": 64}
-    t = trial_config(cfg, preset, {"base_lr": 0.05}, number=5)
-    assert (t.model, t.workers, t.base_lr, t.global_batch_size) == ("resnet_tiny", 2, 0.05, 64)
-    assert t.model_dir.rstrip("/").endswith("trial-005") and t.export == "best" and t.best_metric == "val_loss"
-    assert (t.fail_at_step, t.max_retries) == (1, 0), "the fault-injection trial crashes once, unretried"
-    assert trial_config(cfg, preset, {}, number=4).fail_at_step is None
+    preset = {"model": "resnet_tiny", "recipe": {"base_lr": 0.1, "momentum": 0.8}, "global_batch_size": 64}
+    t = trial_config(cfg, preset, {"recipe.base_lr": 0.05}, number=5)
+    assert (t.model, t.workers, t.recipe.base_lr, t.global_batch_size) == ("resnet_tiny", 2, 0.05, 64)
+    assert (t.recipe.momentum, t.recipe.warmup_epochs) == (0.8, 1.0), "sections merge, not replace"
+    assert t.model_dir.rstrip("/").endswith("trial-005") and t.output.export == "best"
+    assert t.output.best_metric == "val_loss"
+    assert (t.faults.fail_at_step, t.launch.max_retries) == (1, 0), "the fault-injection trial crashes once, unretried"
+    assert trial_config(cfg, preset, {}, number=4).faults.fail_at_step is None
     with pytest.raises(ConfigError, match="global_batch_size=65"):  # a sampled value the trainer cannot take
         trial_config(cfg, preset, {"global_batch_size": 65}, number=1)
 
@@ -97,25 +103,25 @@ def test_samplers_stay_in_the_space_and_try_enqueued_values_first(sampler):
     from imagenet_spark.search import parse_param as p
 
     cfg = _cfg(sampler=sampler, startup_trials=2, space={
-        "base_lr": {"type": "loguniform", "low": 0.01, "high": 1.0},
+        "recipe.base_lr": {"type": "loguniform", "low": 0.01, "high": 1.0},
         "global_batch_size": {"type": "choice", "values": [32, 64]}},
-        enqueue=[{"base_lr": 0.4, "global_batch_size": 64}])
+        enqueue=[{"recipe.base_lr": 0.4, "global_batch_size": 64}])
     study = make_study(cfg, direction="maximize")
     dists = {k: p(k, v) for k, v in cfg.space.items()}
     seen = []
     for i in range(8):
         trial = ask_trial(study, dists, cfg.enqueue[i] if i < len(cfg.enqueue) else None)
         seen.append(trial.params)
-        study.tell(trial, 1.0 - abs(trial.params["base_lr"] - 0.3))  # an objective with a clear optimum
-    assert seen[0] == {"base_lr": 0.4, "global_batch_size": 64}
-    assert all(0.01 <= s["base_lr"] <= 1.0 and s["global_batch_size"] in (32, 64) for s in seen)
-    assert len({round(s["base_lr"], 8) for s in seen}) == 8, "fresh values, not repeats"
+        study.tell(trial, 1.0 - abs(trial.params["recipe.base_lr"] - 0.3))  # an objective with a clear optimum
+    assert seen[0] == {"recipe.base_lr": 0.4, "global_batch_size": 64}
+    assert all(0.01 <= s["recipe.base_lr"] <= 1.0 and s["global_batch_size"] in (32, 64) for s in seen)
+    assert len({round(s["recipe.base_lr"], 8) for s in seen}) == 8, "fresh values, not repeats"
 
 
 def test_median_rule_stops_a_trial_behind_at_the_rung():
     cfg = _cfg(early_stopping="median")
     study = make_study(cfg, direction="maximize")
-    dists = {"base_lr": parse_param("base_lr", cfg.space["base_lr"])}
+    dists = {"recipe.base_lr": parse_param("recipe.base_lr", cfg.space["recipe.base_lr"])}
     import optuna
 
     for value in (0.6, 0.7):
@@ -169,15 +175,16 @@ def test_search_on_local_cluster_stops_early_survives_a_failure_and_keeps_the_be
     """4 trials of 3 epochs, 1 worker each, 2 at once on local-cluster[2,1,1024] through spark-submit: trial 2
     crashes (fault injection), trial 3 cannot learn (tiny learning rate) and is stopped at the epoch-1 rung."""
     search = tmp_path / "search"
-    enqueue = ("enqueue=[{base_lr: 0.4, label_smoothing: 0.1}, {base_lr: 0.25, label_smoothing: 0.0}, "
-               "{base_lr: 0.3, label_smoothing: 0.05}, {base_lr: 0.00001, label_smoothing: 0.0}]")
+    enqueue = ("enqueue=[{recipe: {base_lr: 0.4, label_smoothing: 0.1}}, "
+               "{recipe: {base_lr: 0.25, label_smoothing: 0.0}}, {recipe: {base_lr: 0.3, label_smoothing: 0.05}}, "
+               "{recipe: {base_lr: 0.00001, label_smoothing: 0.0}}]")
     cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local-cluster[2,1,1024]",
            "--driver-java-options", f"-Dlog4j2.configurationFile={REPO / 'conf/spark/log4j2.properties'}",
            "--conf", "spark.scheduler.barrier.maxConcurrentTasksCheck.interval=1s",
            "--conf", "spark.barrier.sync.timeout=300s",
            str(REPO / "jobs/tune.py"), "--config", str(REPO / "conf/tune/smoke.yaml"), "--data", str(dataset),
-           "--model-dir", str(search), "--set", "space.base_lr.low=0.00001", "--set", enqueue,
-           "--set", "inject_failure_trial=2", "--set", "train.slots_wait_s=90"]
+           "--model-dir", str(search), "--set", "space.recipe.base_lr.low=0.00001", "--set", enqueue,
+           "--set", "inject_failure_trial=2", "--set", "train.launch.slots_wait_s=90"]
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1",
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)

@@ -33,7 +33,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from imagenet_spark import jsonio, ownership
-from imagenet_spark.config import VAL_METRICS, to_dict
+from imagenet_spark.config import VAL_METRICS, to_dict, with_settings
 from imagenet_spark.data import fs
 from imagenet_spark.jobs.train import run_training
 from imagenet_spark.layout import ModelDir
@@ -172,7 +172,7 @@ def _train_rungs(spark: Any, tcfg: Any, stops: list[int], trial: Any, record: Tr
         history = read_metrics(tcfg.model_dir)
         if stop is None or len(history) < stop:  # a resumed trial already past this rung just reports it
             record.launches += 1
-            run_training(spark, dataclasses.replace(tcfg, stop_at_epoch=stop), label=label)
+            run_training(spark, with_settings(tcfg, {"output.stop_at_epoch": stop}), label=label)
             history = read_metrics(tcfg.model_dir)
         record.epochs_run = len(history)
         record.best, record.best_epoch = best_so_far(
