@@ -183,7 +183,7 @@ def rungs(*, epochs: float, min_epochs: int, reduction_factor: int, early_stoppi
     return out
 
 
-def make_study(cfg: TuneConfig, *, direction: str) -> Any:
+def make_study(cfg: TuneConfig, *, direction: Literal["minimize", "maximize"]) -> Any:
     """An in-memory Optuna study with the configured sampler and pruner."""
     import optuna
 

@@ -45,7 +45,11 @@ class PortConflictError(LaunchError):
 def kind_of(exc: BaseException) -> FailureKind:
     """The kind an exception declares (``kind`` on its class or instance), else "error"."""
     kind = getattr(exc, "kind", "error")
-    return kind if kind in ("port_conflict", "backend") else "error"
+    if kind == "port_conflict":
+        return "port_conflict"
+    if kind == "backend":
+        return "backend"
+    return "error"
 
 
 def exit_code(kind: FailureKind) -> int | None:

@@ -176,7 +176,7 @@ def _horovod_problem(wctx: WorkerContext, hosts: list[str], interface: str | Non
 
 
 def _horovod_launch(ctx: Any, wctx: WorkerContext, endpoints: list[Endpoint], *, interface: str | None,
-                    timeout_s: float | None, gpu: bool) -> tuple[Any, dict[str, str]]:
+                    timeout_s: int | None, gpu: bool) -> tuple[Any, dict[str, str]]:
     """Gloo rendezvous hosted by task 0, without mpirun or ssh: returns (server or None, HOROVOD_* variables).
 
     Task 0 starts Horovod's rendezvous server on its own address; a second ``allGather`` shares its port.
@@ -223,7 +223,7 @@ def _tf_bind_env(host: str, port: int) -> dict[str, str]:
     try:
         address = str(ipaddress.ip_address(host.strip("[]")))
     except ValueError:  # a host name: bind what it resolves to, as the peers will
-        address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0]
+        address = str(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0])
     return shim_env(library, host=address, port=port, inherited=os.environ.get("LD_PRELOAD"))
 
 
