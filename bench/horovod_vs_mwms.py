@@ -111,7 +111,8 @@ def _step_worker(args: argparse.Namespace) -> dict[str, Any]:
         opt = tf.keras.optimizers.SGD(0.01, momentum=0.9)
         sums = {n: tf.keras.metrics.Sum(name=n) for n in ("loss", "top1", "top5", "count", "val_loss", "val_top1",
                                                            "val_top5", "val_count")}
-    train_steps, _ = make_step_functions(cfg, backend, model, opt, sums, num_classes=classes)
+    train_steps, _ = make_step_functions(cfg, backend, model, opt, sums, num_classes=classes,
+                                         mean=(0.0,) * 3, std=(1.0,) * 3)  # normal data: identity normalisation
     ds = backend.distribute(lambda: tf.data.Dataset.from_tensor_slices((x, y)).batch(per_worker, drop_remainder=True)
                             .repeat().prefetch(4))
     it = iter(ds)

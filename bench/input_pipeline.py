@@ -1,18 +1,26 @@
-"""Training input throughput: our petastorm pipeline beside TFRecord, on the same 256-short-side JPEGs.
+"""Training input throughput: the uint8 pipeline against the old float one and TFRecord, same JPEGs, same run.
 
-    .venv/bin/python bench/input_pipeline.py [--classes 8 --per-class 100] [--batches 40] [--workdir DIR] [--reuse]
+    .venv/bin/python bench/input_pipeline.py [--classes 8 --per-class 100] [--batches 40] [--rounds 3]
+                                             [--workdir DIR] [--reuse] [--quick]
 
 Generates ~500x375 ~110 KB JPEGs, partitions them with the real job (Spark local[2], resize_short 256,
 quality 90, TFRecord shards too), so the Parquet dataset and the TFRecord shards hold the same bytes. Then, in
-one process, with TensorFlow's thread pools limited to the machine's cores, it prints images/s of:
+one process, with TensorFlow's pools and the pipelines sized to the machine's cores (as a worker is sized to its
+task's CPUs), it prints images/s of:
 
-  * floor:    preprocess_train (decode-and-crop, resize to 224, flip, normalise) over in-memory bytes, 1 thread;
-  * reader:   our petastorm stream alone (row groups → rows, no decode), to see what the reader costs;
-  * ours:     the whole training pipeline (reader.open_train_dataset: petastorm → shuffle → augment → batch);
-  * tfrecord: the same preprocess_train over tf.data.TFRecordDataset of the shards (parse ``image/encoded``);
+  * floors, 1 thread over bytes in memory: full JPEG decode; ``preprocess_train`` (the old per-image work:
+    decode-and-crop, resize to 224, flip, cast and normalise to float32); ``augment_train`` (the new: the same
+    crop, rounded to uint8, flip on uint8);
+  * reader: the training reader alone (pyarrow row groups, or petastorm on the legacy stack), no decode;
+  * old:   the training stream as it was: ``preprocess_train`` in the map, float32 batches normalised on the CPU;
+  * ours:  ``reader.open_train_dataset`` as the jobs run it: uint8 batches (the step normalises on the device);
+  * ours + normalise: ours with the step's ``normalize`` applied to each batch on the CPU as well, what a
+    CPU-only worker pays in total (an accelerator does it in the step for free);
+  * tfrecord: the same ``augment_train`` over ``tf.data.TFRecordDataset`` of the shards.
 
-and ours / tfrecord. Figures are measured after a warm-up, over a fixed number of batches, and are printed
-per core so they compare across machines; the ratio is the figure to watch.
+Old, ours, ours + normalise and tfrecord run in alternation, ``--rounds`` times, and the medians are reported:
+on a shared machine the neighbours' load then falls on all of them alike. Figures are per core (wall images/s
+divided by the cores) and per CPU-second of this process; the ratios are the figures to watch.
 """
 
 from __future__ import annotations
@@ -21,17 +29,22 @@ import argparse
 import logging
 import os
 import shutil
+import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
+
+from figures import Figure, emit, parse_sized
 
 log = logging.getLogger("bench.input_pipeline")
 
 IMAGE_SIZE = 224
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
+PIPELINES = ("old", "ours", "ours + normalise", "tfrecord")
 
 
 def _cores() -> int:
@@ -86,7 +99,7 @@ class Rate:
         return f"{self.wall:6.0f} images/s, {self.cpu:6.0f} per CPU-second"
 
 
-def _rate(batches: Iterable[Any], *, warmup: int, count: int, per_batch: Callable[[Any], int]) -> Rate:
+def _rate(batches: Iterable[Any], *, warmup: int, count: int) -> Rate:
     """Rates over ``count`` batches after ``warmup`` batches (pipelines fill their buffers during warm-up)."""
     it = iter(batches)
     for _ in range(warmup):
@@ -94,22 +107,173 @@ def _rate(batches: Iterable[Any], *, warmup: int, count: int, per_batch: Callabl
     wall, cpu = time.perf_counter(), time.process_time()
     images = 0
     for _ in range(count):
-        images += per_batch(next(it))
+        batch = next(it)
+        images += int(batch[0].shape[0]) if isinstance(batch, tuple) else int(batch)
     return Rate(images / (time.perf_counter() - wall), images / (time.process_time() - cpu))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _median(rates: list[Rate]) -> Rate:
+    return Rate(statistics.median(r.wall for r in rates), statistics.median(r.cpu for r in rates))
+
+
+def _floors(blobs: list[bytes], *, batch: int, steps: dict[str, int]) -> dict[str, Rate]:
+    """The per-image work alone, one thread, over bytes already in memory."""
+    import tensorflow as tf
+
+    from imagenet_spark.data.augment import augment_train, preprocess_train
+
+    key = tf.constant(1, tf.int64)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+
+    def one_thread(fn: Callable[[Any, Any], Any]) -> Rate:
+        ds = tf.data.Dataset.from_tensor_slices(blobs).repeat().enumerate().map(fn).batch(batch)
+        return _rate(((b,) for b in ds.with_options(options)), **steps)
+
+    return {
+        "full JPEG decode only": one_thread(lambda i, b: tf.shape(tf.image.decode_jpeg(b, channels=3))),
+        "preprocess_train (old, float32)": one_thread(lambda i, b: preprocess_train(
+            b, image_size=IMAGE_SIZE, mean=MEAN, std=STD, seed=tf.stack([key, 2 * i]))),
+        "augment_train (new, uint8)": one_thread(lambda i, b: augment_train(
+            b, image_size=IMAGE_SIZE, seed=tf.stack([key, 2 * i]))),
+    }
+
+
+def _reader_only(data: Path, cfg: Any, *, batch: int, steps: dict[str, int]) -> tuple[str, Rate]:
+    """The training reader the pipeline uses on this stack, consumed in Python: no TensorFlow, no decode."""
+    from imagenet_spark.data import reader
+    from imagenet_spark.distribute.stack import resolve_train_reader
+
+    kind = resolve_train_reader(cfg.train_reader)
+    uri = reader.split_uri(str(data), "train")
+    if kind == "parquet":
+        source: Any = reader.ParquetRowGroups(uri, reader.row_groups(str(data), "train"), seed=1)
+    else:
+        from petastorm import make_batch_reader
+
+        source = make_batch_reader(reader.petastorm_url(uri), schema_fields=["image", "label"],
+                                   workers_count=cfg.reader_workers, num_epochs=None, seed=1)
+
+    def batches() -> Iterable[int]:
+        pending = 0
+        for group in source:
+            pending += len(group.label)
+            while pending >= batch:
+                pending -= batch
+                yield batch
+
+    try:
+        return kind, _rate(batches(), **steps)
+    finally:
+        source.stop()
+        source.join()
+
+
+def _old_stream(data: Path, cfg: Any, ctx: Any, plan: Any, *, classes: int, seed: int) -> tuple[Any, Any]:
+    """The training stream before uint8: ``open_train_dataset``'s pipeline with ``preprocess_train`` in the map,
+    float32 images normalised on the CPU; same reader, shuffle, seeds, parallelism and options."""
+    import tensorflow as tf
+
+    from imagenet_spark.data import reader
+    from imagenet_spark.data.augment import preprocess_train
+    from imagenet_spark.distribute.threads import data_options
+
+    source = reader.ParquetRowGroups(reader.split_uri(str(data), "train"), reader.row_groups(str(data), "train"),
+                                     seed=reader._mix_seed(seed, 0, reader._SALT_PETASTORM))
+    key = tf.constant(reader._mix_seed(seed, ctx.rank, reader._SALT_AUGMENT), tf.int64)
+
+    def transform(index: Any, row: Any) -> tuple[Any, Any]:
+        image = preprocess_train(row[0], image_size=IMAGE_SIZE, mean=MEAN, std=STD, seed=tf.stack([key, index * 2]))
+        return image, tf.one_hot(row[1], classes, dtype=tf.float32)
+
+    ds = tf.data.Dataset.from_generator(reader._row_group_source(source), output_signature=(
+        tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32))).unbatch()
+    ds = ds.shuffle(cfg.shuffle_buffer, seed=reader._mix_seed(seed, ctx.rank, reader._SALT_SHUFFLE)).enumerate()
+    ds = ds.map(transform, num_parallel_calls=ctx.cpus, deterministic=True)
+    ds = ds.batch(plan.per_worker_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(data_options(ctx.cpus)), source
+
+
+def _tfrecord_stream(tfrecords: list[str], *, classes: int, batch: int, shuffle: int, cpus: int) -> Any:
+    """``augment_train`` over the TFRecord shards (parse ``image/encoded``), sized like ours."""
+    import tensorflow as tf
+
+    from imagenet_spark.data.augment import augment_train
+    from imagenet_spark.distribute.threads import data_options
+
+    features = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
+                "image/class/label": tf.io.FixedLenFeature([], tf.int64)}
+    key = tf.constant(1, tf.int64)
+
+    def transform(i: Any, record: Any) -> tuple[Any, Any]:
+        parsed = tf.io.parse_single_example(record, features)
+        image = augment_train(parsed["image/encoded"], image_size=IMAGE_SIZE, seed=tf.stack([key, i * 2]))
+        return image, tf.one_hot(parsed["image/class/label"] - 1, classes)
+
+    ds = tf.data.TFRecordDataset(tf.data.Dataset.from_tensor_slices(tfrecords).repeat(),
+                                 num_parallel_reads=len(tfrecords))
+    ds = ds.shuffle(shuffle, seed=1).enumerate()
+    ds = ds.map(transform, num_parallel_calls=cpus, deterministic=True).batch(batch, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(data_options(cpus))
+
+
+def _one_round(data: Path, cfg: Any, ctx: Any, plan: Any, tfrecords: list[str], *, classes: int,
+               steps: dict[str, int]) -> dict[str, Rate]:
+    """Each pipeline once, in order, over the same dataset."""
+    from imagenet_spark.data import reader
+    from imagenet_spark.data.augment import normalize
+
+    rates: dict[str, Rate] = {}
+    old, source = _old_stream(data, cfg, ctx, plan, classes=classes, seed=1)
+    try:
+        rates["old"] = _rate(old, **steps)
+    finally:
+        source.stop()
+    with reader.open_train_dataset(data=str(data), cfg=cfg, ctx=ctx, plan=plan, num_classes=classes,
+                                   image_size=IMAGE_SIZE, seed=1) as inp:
+        rates["ours"] = _rate(inp.dataset, **steps)
+    with reader.open_train_dataset(data=str(data), cfg=cfg, ctx=ctx, plan=plan, num_classes=classes,
+                                   image_size=IMAGE_SIZE, seed=1) as inp:
+        rates["ours + normalise"] = _rate(inp.dataset.map(lambda x, y: (normalize(x, MEAN, STD), y)), **steps)
+    rates["tfrecord"] = _rate(_tfrecord_stream(tfrecords, classes=classes, batch=plan.per_worker_batch,
+                                               shuffle=cfg.shuffle_buffer, cpus=ctx.cpus), **steps)
+    return rates
+
+
+def _parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--batches", type=int, default=40, help="measured batches per pipeline")
+    parser.add_argument("--batches", type=int, default=40, help="measured batches per pipeline and round")
     parser.add_argument("--warmup", type=int, default=8, help="batches before measuring")
-    parser.add_argument("--reader-workers", type=int, default=2, help="petastorm reader threads")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the four pipelines (medians)")
+    parser.add_argument("--reader-workers", type=int, default=2, help="petastorm reader threads (legacy stack)")
     parser.add_argument("--shuffle-buffer", type=int, default=1024)
     parser.add_argument("--workdir", default="/tmp/bench-input")
     parser.add_argument("--reuse", action="store_true", help="reuse a dataset left in --workdir by a previous run")
-    args = parser.parse_args()
+    return parse_sized(parser, {"per_class": 50, "batches": 20, "warmup": 4, "rounds": 2}, argv)
+
+
+def _report(rates: dict[str, Rate], cores: int, shape: str) -> None:
+    """Print the medians and ratios, and emit them as figures for make bench."""
+    for name in PIPELINES:
+        print(f"{name:17s} {cores} cores: {rates[name]}; {rates[name].wall / cores:6.0f} images/s per core")
+    ours, old, tfr = rates["ours"], rates["old"], rates["tfrecord"]
+    print(f"ratio     ours / old: {ours.wall / old.wall:.2f} (wall), {ours.cpu / old.cpu:.2f} (per CPU-second); "
+          f"ours / tfrecord: {ours.wall / tfr.wall:.2f} (wall), {ours.cpu / tfr.cpu:.2f} (per CPU-second); "
+          f"ours + normalise / old: {rates['ours + normalise'].wall / old.wall:.2f} (wall)")
+    print(f"target    1000 images/s per core: {'met' if ours.wall / cores >= 1000 else 'NOT met'} "
+          f"({ours.wall / cores:.0f} per core wall, {ours.cpu:.0f} per CPU-second)")
+    for baseline in ("old", "tfrecord"):
+        emit(Figure(script="input_pipeline", figure="training input pipeline, uint8 224 crops",
+                    value=ours.wall / cores, baseline_name=f"{baseline} pipeline",
+                    baseline=rates[baseline].wall / cores,
+                    unit="images/s per core", shape=shape))
+
+
+def main() -> int:
+    args = _parse()
     from imagenet_spark import logs
 
     logs.configure("WARNING")
@@ -124,89 +288,32 @@ def main() -> int:
 
     from imagenet_spark.config import TrainConfig, resolve
     from imagenet_spark.data import reader
-    from imagenet_spark.data.augment import preprocess_train
     from imagenet_spark.distribute.context import WorkerContext
-
-    def limit(ds: Any, threads: int) -> Any:
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = threads
-        return ds.with_options(options)
 
     n = args.batch
     steps = dict(warmup=args.warmup, count=args.batches)
     print(f"machine: {cores} cores; batch {n}, {args.batches} batches after {args.warmup} of warm-up, "
-          f"{IMAGE_SIZE}x{IMAGE_SIZE} random-resized crops")
-    images_of = lambda b: int(b[0].shape[0])  # noqa: E731
-
-    # floors: the per-image work alone, one thread, over bytes already in memory
+          f"{IMAGE_SIZE}x{IMAGE_SIZE} random-resized crops, medians of {args.rounds} alternating rounds")
     tfrecords = sorted(str(p) for p in (data / "tfrecord").glob("train-*"))
     blobs = [r.numpy() for r in tf.data.TFRecordDataset(tfrecords).map(
         lambda r: tf.io.parse_single_example(r, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})[
             "image/encoded"]).take(512)]
-    key = tf.constant(1, tf.int64)
-
-    def one_thread(fn: Callable[[Any, Any], Any]) -> Rate:
-        ds = tf.data.Dataset.from_tensor_slices(blobs).repeat().enumerate().map(fn).batch(n)
-        return _rate(limit(ds, 1), per_batch=lambda b: int(b.shape[0]), **steps)
-
-    decode = one_thread(lambda i, b: tf.shape(tf.image.decode_jpeg(b, channels=3)))
-    print(f"floor     full JPEG decode only, 1 thread:       {decode}")
-    floor = one_thread(lambda i, b: preprocess_train(b, image_size=IMAGE_SIZE, mean=MEAN, std=STD,
-                                                     seed=tf.stack([key, 2 * i])))
-    print(f"floor     preprocess_train, 1 thread:            {floor}")
+    for name, rate in _floors(blobs, batch=n, steps=steps).items():
+        print(f"floor     {name}, 1 thread: {rate}")
 
     cfg = resolve(TrainConfig, explicit=dict(data=str(data), model_dir="/tmp/unused", model="resnet50", workers=1,
                                              global_batch_size=n, shuffle_buffer=args.shuffle_buffer,
                                              reader_workers=args.reader_workers, epochs=2, warmup_epochs=0))
-    ctx = WorkerContext(rank=0, size=1)
+    kind, raw = _reader_only(data, cfg, batch=n, steps=steps)
+    print(f"reader    {kind} rows only, no decode: {raw}")
+    ctx = WorkerContext(rank=0, size=1, cpus=cores)  # sized as a worker is to its task's CPUs
     plan = reader.load_plan(str(data), "train", workers=1, per_worker_batch=n)
-
-    # reader alone: the same petastorm reader, consumed in Python with no TensorFlow and no decode
-    from petastorm import make_batch_reader
-
-    def rows(r: Any) -> Iterable[int]:
-        pending = 0
-        for group in r:
-            pending += len(group.label)
-            while pending >= n:
-                pending -= n
-                yield n
-
-    petastorm_reader = make_batch_reader(reader.petastorm_url(reader.split_uri(str(data), "train")),
-                                         schema_fields=["image", "label"], workers_count=args.reader_workers,
-                                         num_epochs=None, seed=1)
-    try:
-        raw = _rate(rows(petastorm_reader), per_batch=lambda k: k, **steps)
-    finally:
-        petastorm_reader.stop()
-        petastorm_reader.join()
-    print(f"reader    petastorm rows only, no decode:        {raw}")
-
-    with reader.open_train_dataset(data=str(data), cfg=cfg, ctx=ctx, plan=plan, num_classes=args.classes,
-                                   image_size=IMAGE_SIZE, mean=MEAN, std=STD, seed=1) as inp:
-        ours = _rate(limit(inp.dataset, cores), per_batch=images_of, **steps)
-    print(f"ours      petastorm pipeline, {cores} cores:          {ours}; {ours.wall / cores:6.0f} images/s per core")
-
-    features = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
-                "image/class/label": tf.io.FixedLenFeature([], tf.int64)}
-
-    def tf_transform(i: Any, record: Any) -> tuple[Any, Any]:
-        parsed = tf.io.parse_single_example(record, features)
-        image = preprocess_train(parsed["image/encoded"], image_size=IMAGE_SIZE, mean=MEAN, std=STD,
-                                 seed=tf.stack([key, i * 2]))
-        return image, tf.one_hot(parsed["image/class/label"] - 1, args.classes)
-
-    tfr = tf.data.TFRecordDataset(tf.data.Dataset.from_tensor_slices(tfrecords).repeat(),
-                                  num_parallel_reads=len(tfrecords))
-    tfr = tfr.shuffle(args.shuffle_buffer, seed=1).enumerate()
-    tfr = tfr.map(tf_transform, num_parallel_calls=tf.data.AUTOTUNE).batch(n, drop_remainder=True)
-    tfrecord = _rate(limit(tfr.prefetch(tf.data.AUTOTUNE), cores), per_batch=images_of, **steps)
-    print(f"tfrecord  TFRecordDataset pipeline, {cores} cores:    {tfrecord}; {tfrecord.wall / cores:6.0f} images/s "
-          "per core")
-    print(f"ratio     ours / tfrecord: {ours.wall / tfrecord.wall:.2f} (wall), {ours.cpu / tfrecord.cpu:.2f} (per "
-          f"CPU-second); ours per CPU-second / preprocess floor: {ours.cpu / floor.cpu:.2f}")
-    print(f"target    1000 images/s per core: {'met' if ours.wall / cores >= 1000 else 'NOT met'} "
-          f"({ours.wall / cores:.0f} per core wall, {ours.cpu:.0f} per CPU-second)")
+    rounds = [_one_round(data, cfg, ctx, plan, tfrecords, classes=args.classes, steps=steps)
+              for _ in range(args.rounds)]
+    for i, r in enumerate(rounds):
+        print(f"round {i}: " + ", ".join(f"{k} {v.wall / cores:.0f}/core" for k, v in r.items()))
+    _report({k: _median([r[k] for r in rounds]) for k in PIPELINES}, cores,
+            f"{args.classes} classes x {args.per_class} JPEGs (~500x375 -> 256 short side, q90), batch {n}")
     return 0
 
 

@@ -199,3 +199,45 @@ def test_training_crops_shrunk_2x_or_more_are_antialiased():
     assert np.abs(plain - 127.5).max() > 50  # what training saw before: the pattern aliased into stripes
     near = resize_crop(image[:200, :200], tf.constant(200), 128).numpy()
     np.testing.assert_array_equal(near, tf.image.resize(image[:200, :200], [128, 128], method="bilinear").numpy())
+
+
+@pytest.fixture(scope="module")
+def dataset_photos() -> list[bytes]:
+    """The two photographs as the partition job stores them by default: short side 256, JPEG q90."""
+    out = []
+    for path in sklearn_datasets.load_sample_images().filenames:
+        image = Image.open(path).convert("RGB")
+        scale = 256 / min(image.size)
+        buf = io.BytesIO()
+        image.resize((round(image.size[0] * scale), round(image.size[1] * scale)), Image.Resampling.BICUBIC).save(
+            buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+@pytest.mark.parametrize("overrides", [{}, {"augment": "light"}, {"augment": "none"}, {"randaugment_layers": 2}])
+@pytest.mark.parametrize("size", [SIZE, 224])
+def test_uint8_stream_normalised_by_the_step_equals_the_float_path(photos, dataset_photos, overrides, size):
+    """The training stream's uint8 crops (``augment_train``), normalised as a batch the way the step does, are the
+    old float path (``preprocess_train``: normalised on the CPU, unrounded) within half a level: the same crops and
+    flips for each seed. With RandAugment, whose input was already rounded, they agree to float precision."""
+    from imagenet_spark.data.augment import augment_train, normalize
+
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # ImageNet's, as the models use
+    spec = dataclasses.replace(_spec(**overrides), eval_resize=round(size / 0.875))
+    sources = dataset_photos if size == 224 else photos
+    seeds = [tf.constant([13, 2 * i], tf.int64) for i in range(6)]
+    crops = [augment_train(tf.constant(sources[i % 2]), image_size=size, seed=s, spec=spec)
+             for i, s in enumerate(seeds)]
+    assert all(c.dtype == tf.uint8 and c.shape == (size, size, 3) for c in crops)
+    stepped = normalize(tf.stack(crops), mean, std).numpy()
+    old = np.stack([preprocess_train(tf.constant(sources[i % 2]), image_size=size, seed=s, spec=spec, mean=mean,
+                                     std=std).numpy() for i, s in enumerate(seeds)])
+    tolerance = 1e-5 if spec.randaugment_layers else 0.5 / min(std) + 1e-5
+    difference = np.abs(stepped - old)
+    assert difference.max() <= tolerance, difference.max()
+    assert difference.mean() < 0.3 / min(std), difference.mean()
+    if spec.crop == "random" and not spec.randaugment_layers:  # rounding really happened: the bound is not vacuous
+        assert difference.mean() > 0.1 / max(std), difference.mean()  # (224 of 256 at eval: 1:1, nothing to round)
+    # ... and the crops are the seeds' own: another seed's crop is far away
+    assert np.abs(stepped[0] - old[2]).mean() > 10 * difference.mean() or spec.crop == "centre"

@@ -43,7 +43,8 @@ def _steps(model: tf.keras.Model, average: WeightAverage | None) -> tuple[object
     backend = make_backend("off", WorkerContext())
     sums = {n: tf.keras.metrics.Sum(name=n) for n in ("loss", "top1", "top5", "count", "nonfinite")}
     optimizer = tf.keras.optimizers.SGD(0.1, momentum=0.9)
-    train_steps, _ = make_step_functions(cfg, backend, model, optimizer, sums, num_classes=CLASSES, average=average)
+    train_steps, _ = make_step_functions(cfg, backend, model, optimizer, sums, num_classes=CLASSES, average=average,
+                                         mean=(0.0,) * 3, std=(1.0,) * 3)  # the data is already normal
     return train_steps, backend
 
 

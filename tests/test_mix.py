@@ -122,3 +122,21 @@ def test_settings_are_validated_with_the_fix():
         resolve(TrainConfig, overrides=["mix_prob=1.5"], explicit=base)
     with pytest.raises(ConfigError, match=r"ema_decay=1.0: must be in \[0, 1\)"):
         resolve(TrainConfig, overrides=["ema_decay=1"], explicit=base)
+
+
+def test_uint8_batches_come_out_float_in_level_units_mixed_or_not():
+    """The training stream's uint8 crops: mixing casts them to float32 0..255 (the step normalises either dtype);
+    the result is what the same batch as floats gives, and an unmixed batch keeps its levels exactly."""
+    levels = np.stack([np.full((H, W, 3), 40 * i, np.uint8) for i in range(B)])
+    labels = np.eye(K, dtype=np.float32)[np.arange(B) % K]
+    for settings, index in [(MixSettings(mixup_alpha=0.4), 3), (MixSettings(cutmix_alpha=1.0), 5),
+                            (MixSettings(mixup_alpha=0.4, prob=0.0), 3)]:
+        out, out_labels, lam = mix_batch(tf.constant(levels), tf.constant(labels), settings, 9, index)
+        ref, ref_labels, ref_lam = mix_batch(tf.constant(levels.astype(np.float32)), tf.constant(labels), settings, 9,
+                                             index)
+        assert out.dtype == tf.float32
+        np.testing.assert_array_equal(out.numpy(), ref.numpy())
+        np.testing.assert_array_equal(out_labels.numpy(), ref_labels.numpy())
+        assert float(lam) == float(ref_lam)
+        if settings.prob == 0.0:
+            np.testing.assert_array_equal(out.numpy(), levels.astype(np.float32))

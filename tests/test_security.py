@@ -117,7 +117,7 @@ def test_parquet_reader_trains_and_evaluates_without_unpickling(poisoned, shard_
         ctx = WorkerContext(rank=rank, size=2)
         plan = reader.load_plan(str(data), "train", workers=2, per_worker_batch=4, shard_by=shard_by)
         with reader.open_train_dataset(data=str(data), cfg=cfg, ctx=ctx, plan=plan, num_classes=len(SYNSETS),
-                                       image_size=16, mean=(127.5,) * 3, std=(64.0,) * 3, seed=1) as inp:
+                                       image_size=16, seed=1) as inp:
             assert isinstance(inp.reader, reader.ParquetRowGroups)
             batches = list(inp.dataset.take(plan.steps_per_epoch + 2))  # the stream goes on past an epoch
             assert len(batches) == plan.steps_per_epoch + 2
@@ -131,7 +131,7 @@ def test_parquet_reader_trains_and_evaluates_without_unpickling(poisoned, shard_
             seen.extend(next(source).image)
         eval_plan = reader.load_plan(str(data), "validation", workers=2, per_worker_batch=4, drop_remainder=False)
         ev = reader.eval_dataset(data=str(data), ctx=ctx, plan=eval_plan, num_classes=len(SYNSETS), image_size=16,
-                                 eval_resize=20, mean=(127.5,) * 3, std=(64.0,) * 3)
+                                 eval_resize=20)
         assert len(list(ev)) == eval_plan.steps_per_epoch
     assert len(seen) == len(set(seen)) == len(SYNSETS) * PER_SYNSET, "every training image once across workers"
     assert not marker.exists(), "the pickled payload ran"

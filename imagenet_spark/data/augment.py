@@ -8,11 +8,15 @@ for eval, inside the exported serving signature), so it parallelises across core
 Train: what an :class:`AugmentSpec` says, resolved on the driver from the config (:func:`augment_spec`); the
 default preset, ``imagenet``, is the Inception-style random-resized crop (area 8%-100%, aspect 3/4-4/3;
 Szegedy et al. 2015) resized to ``image_size`` and a horizontal flip; RandAugment (``randaugment.py``) can
-follow on the uint8 crop; ``none`` is the eval transform. Eval: resize the short side to ``eval_resize`` and take the centre
-``image_size`` crop (224 of 256), done as one centre decode-and-crop plus one antialiased resize. The serving
-signature first brings an original image to the dataset's size as the partition job did, then applies the
-same eval transform (train/serve parity: tests/test_parity.py).
-Both end with per-channel normalisation by the model's mean/std.
+follow on the uint8 crop; ``none`` is the eval transform. Eval: resize the short side to ``eval_resize`` and
+take the centre ``image_size`` crop (224 of 256), done as one centre decode-and-crop plus one antialiased resize.
+The serving signature first brings an original image to the dataset's size as the partition job did, then
+applies the same eval transform (train/serve parity: tests/test_parity.py).
+
+Output: the training and evaluation streams take uint8 crops (:func:`augment_train`, :func:`crop_eval`) and the
+steps normalise them on the device with :func:`normalize` (issue #13: the CPUs skip the cast and the float
+passes, tf.data moves a quarter of the bytes); the serving signature and float consumers take
+:func:`preprocess_eval` / :func:`preprocess_train`, normalised here with the same :func:`normalize`.
 
 TensorFlow is imported inside the functions: the driver imports this package without loading TF.
 """
@@ -21,8 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from imagenet_spark.config import AugmentPreset
 
@@ -53,7 +58,7 @@ class AugmentSpec:
     eval_resize: int = 0  # used by crop="centre" only
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "AugmentSpec":
+    def from_dict(cls, values: Mapping[str, Any]) -> AugmentSpec:
         """Rebuild from ``dataclasses.asdict`` output after JSON (lists back to tuples)."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
@@ -96,10 +101,14 @@ def augment_spec(cfg: TrainConfig, *, eval_resize: int) -> AugmentSpec:
 
 
 def normalize(image: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
-    """``(x - mean) / std`` as ``x * scale + offset`` with full-size constants when the shape is static.
+    """``(x - mean) / std`` in float32, as ``x * scale + offset``, for an image ``[H, W, 3]`` or a batch
+    ``[B, H, W, 3]`` of any dtype (uint8 crops, or mixed batches in float 0..255 units).
 
-    Why: broadcasting over an innermost dimension of 3 is slow in TensorFlow's CPU kernels; this form measured
-    ~1.5x faster for the whole train transform (bench/input_pipeline.py), and input pipelines run on CPU.
+    The one normalisation: the training and evaluation steps apply it on the device to the uint8 batches the
+    streams emit; the serving signature and whoever wants float images on the CPU call it too. Why the form:
+    broadcasting over an innermost dimension of 3 is slow in TensorFlow's CPU kernels, so when the image's
+    last three dimensions are static the constants are full ``[H, W, 3]`` arrays (broadcast over a batch's
+    outer dimension, which is cheap); this measured ~1.5x faster for the whole train transform on CPU.
     """
     import numpy as np
     import tensorflow as tf
@@ -108,10 +117,25 @@ def normalize(image: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
     std_arr = np.asarray(std, np.float32)
     scale = 1.0 / std_arr
     offset = -np.asarray(mean, np.float32) / std_arr
-    if image.shape.is_fully_defined():
-        shape = image.shape.as_list()
+    pixel = image.shape[-3:]
+    if image.shape.rank in (3, 4) and pixel.is_fully_defined():
+        shape = pixel.as_list()
         return image * tf.constant(np.broadcast_to(scale, shape)) + tf.constant(np.broadcast_to(offset, shape))
     return image * tf.constant(scale) + tf.constant(offset)
+
+
+def to_uint8(image: Any) -> Any:
+    """A resized image (float, values in [0, 255]) → uint8, rounded half to even.
+
+    Why a plain cast after ``tf.round`` and no ``saturate_cast``: bilinear and antialiased resizes take convex
+    combinations of uint8 pixels, so the values never leave [0, 255] beyond float error, which rounding absorbs;
+    the clip would be two more passes over the image. For such inputs the result equals
+    ``saturate_cast(round(x))``, what RandAugment's input was rounded with before, so its streams are unchanged.
+    At most 0.5 of a level from the float: 0.5 / std (0.0087 for ImageNet's) after normalisation.
+    """
+    import tensorflow as tf
+
+    return tf.cast(tf.round(image), tf.uint8)
 
 
 def random_crop_window(image_bytes: Any, seed: Any = None, *, area_range: Sequence[float] = AREA_RANGE,
@@ -169,37 +193,76 @@ def resize_crop(image: Any, crop_short: Any, image_size: int) -> Any:
                    lambda: tf.image.resize(image, size, method="bilinear"))
 
 
+def _train_seeds(seed: Any) -> tuple[Any, Any, Any]:
+    """(crop, flip, RandAugment) seeds from an element's seed: the crop uses it as it is, the flip
+    ``[seed[0], seed[1] + 1]`` (as before RandAugment existed), RandAugment a seed split from it."""
+    import tensorflow as tf
+
+    if seed is None:
+        return None, None, tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
+    return seed, tf.stack([seed[0], seed[1] + 1]), tf.random.experimental.stateless_split(
+        tf.cast(seed, tf.int64), num=1)[0]
+
+
+def _random_resized_crop(image_bytes: Any, *, image_size: int, spec: AugmentSpec, seed: Any) -> Any:
+    """The random crop window decoded alone (decode and crop in one op), resized to ``image_size``: float32."""
+    import tensorflow as tf
+
+    window = random_crop_window(image_bytes, seed, area_range=spec.area_range, aspect_range=spec.aspect_range)
+    image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3, dct_method="INTEGER_FAST")
+    return resize_crop(image, tf.minimum(window[2], window[3]), image_size)
+
+
+def _randaugment(image: Any, spec: AugmentSpec, seed: Any) -> Any:
+    from imagenet_spark.data.randaugment import randaugment
+
+    return randaugment(image, layers=spec.randaugment_layers, magnitude=spec.randaugment_magnitude, seed=seed)
+
+
+def augment_train(image_bytes: Any, *, image_size: int, seed: Any = None,
+                  spec: AugmentSpec = PRESETS["imagenet"]) -> Any:
+    """The train transform ``spec`` describes → uint8 [S, S, 3], not normalised: what the training stream emits.
+
+    Random-resized crop (decoding only the crop), rounded to uint8 (:func:`to_uint8`), flip, optional RandAugment;
+    for ``crop="centre"``, :func:`crop_eval`. Why uint8: the step normalises on the device
+    (:func:`normalize`), so the CPU skips a cast and two passes over float pixels and tf.data moves 4x fewer
+    bytes. The same crops as :func:`preprocess_train` for a seed: its output is this one's normalised, within
+    half a level before normalisation (identical with RandAugment, whose input was rounded the same way).
+
+    ``seed`` (a shape-[2] int tensor) makes every draw reproducible (stateless ops); None uses TF's global seed
+    state.
+    """
+    import tensorflow as tf
+
+    if spec.crop == "centre":
+        return crop_eval(image_bytes, image_size=image_size, eval_resize=spec.eval_resize)
+    crop_seed, flip_seed, augment_seed = _train_seeds(seed)
+    image = to_uint8(_random_resized_crop(image_bytes, image_size=image_size, spec=spec, seed=crop_seed))
+    image = _flip(image, spec.flip_prob, flip_seed)  # on uint8: a quarter of the bytes to move
+    image = tf.ensure_shape(image, [image_size, image_size, 3])
+    if spec.randaugment_layers:
+        image = _randaugment(image, spec, augment_seed)
+    return image
+
+
 def preprocess_train(image_bytes: Any, *, image_size: int, mean: Sequence[float], std: Sequence[float],
                      seed: Any = None, spec: AugmentSpec = PRESETS["imagenet"]) -> Any:
-    """The train transform ``spec`` describes → float32 [S, S, 3]: random-resized crop (decoding only the crop),
-    flip, optional RandAugment on the uint8 crop, normalise; for ``crop="centre"``, :func:`preprocess_eval`.
+    """The train transform with float32 output normalised on the CPU: the training stream before it emitted
+    uint8 (:func:`augment_train`), kept for consumers that want float images (the benchmark's baseline, tests).
 
-    ``seed`` (a shape-[2] int tensor) makes every draw reproducible (stateless ops): the crop uses it as it is,
-    the flip ``[seed[0], seed[1] + 1]`` (as before RandAugment existed), RandAugment a seed split from it; None
-    uses TF's global seed state.
+    The same draws as :func:`augment_train`; the resized crop is normalised unrounded (RandAugment, when on, works
+    on the rounded uint8 crop as there). For ``crop="centre"``, :func:`preprocess_eval`.
     """
     import tensorflow as tf
 
     if spec.crop == "centre":
         return preprocess_eval(image_bytes, image_size=image_size, eval_resize=spec.eval_resize, mean=mean, std=std)
-    crop_seed = flip_seed = augment_seed = None
-    if seed is not None:
-        crop_seed = seed
-        flip_seed = tf.stack([seed[0], seed[1] + 1])
-        augment_seed = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=1)[0]
-    window = random_crop_window(image_bytes, crop_seed, area_range=spec.area_range, aspect_range=spec.aspect_range)
-    image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3, dct_method="INTEGER_FAST")
-    image = resize_crop(image, tf.minimum(window[2], window[3]), image_size)
+    crop_seed, flip_seed, augment_seed = _train_seeds(seed)
+    image = _random_resized_crop(image_bytes, image_size=image_size, spec=spec, seed=crop_seed)
     image = _flip(image, spec.flip_prob, flip_seed)
     image = tf.ensure_shape(image, [image_size, image_size, 3])
     if spec.randaugment_layers:
-        from imagenet_spark.data.randaugment import randaugment
-
-        if augment_seed is None:
-            augment_seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
-        image = randaugment(tf.saturate_cast(tf.round(image), tf.uint8), layers=spec.randaugment_layers,
-                            magnitude=spec.randaugment_magnitude, seed=augment_seed)
-        image = tf.cast(image, tf.float32)
+        image = tf.cast(_randaugment(to_uint8(image), spec, augment_seed), tf.float32)
     return normalize(image, mean, std)
 
 
@@ -216,29 +279,41 @@ def centre_crop_window(height: Any, width: Any, *, image_size: int, eval_resize:
     return tf.stack([y, x, side, side])
 
 
-def _eval_finish(crop: Any, *, image_size: int, mean: Sequence[float], std: Sequence[float]) -> Any:
-    """Centre crop → ``image_size`` → normalised: the last step of the eval transform, shared by evaluation on
-    the stored dataset and the serving signature so the two cannot drift apart. Antialiased: the crop is
-    usually several times larger than ``image_size`` (224 px of a 256 px dataset image to 64 px), and plain
-    bilinear then samples 4 of every ~12 pixels, which aliases fine texture."""
+def _eval_resize(crop: Any, *, image_size: int) -> Any:
+    """Centre crop → ``image_size`` (float32): the last step of the eval transform, shared by evaluation on the
+    stored dataset and the serving signature so the two cannot drift apart. Antialiased: the crop is usually
+    several times larger than ``image_size`` (224 px of a 256 px dataset image to 64 px), and plain bilinear
+    then samples 4 of every ~12 pixels, which aliases fine texture."""
     import tensorflow as tf
 
     image = tf.image.resize(crop, [image_size, image_size], method="bilinear", antialias=True)
-    image = tf.ensure_shape(image, [image_size, image_size, 3])
-    return normalize(image, mean, std)
+    return tf.ensure_shape(image, [image_size, image_size, 3])
+
+
+def _decode_centre(image_bytes: Any, *, image_size: int, eval_resize: int) -> Any:
+    """The stored JPEG's centre window, decoded alone."""
+    import tensorflow as tf
+
+    shape = tf.image.extract_jpeg_shape(image_bytes)
+    window = centre_crop_window(shape[0], shape[1], image_size=image_size, eval_resize=eval_resize)
+    return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3, dct_method="INTEGER_ACCURATE")
+
+
+def crop_eval(image_bytes: Any, *, image_size: int, eval_resize: int) -> Any:
+    """The eval transform → uint8 [S, S, 3], not normalised: what the evaluation stream emits (the step
+    normalises on the device). :func:`preprocess_eval` rounded to levels (at most half a level apart)."""
+    crop = _decode_centre(image_bytes, image_size=image_size, eval_resize=eval_resize)
+    return to_uint8(_eval_resize(crop, image_size=image_size))
 
 
 def preprocess_eval(image_bytes: Any, *, image_size: int, eval_resize: int, mean: Sequence[float],
                     std: Sequence[float]) -> Any:
     """Resize short side to ``eval_resize``, centre crop ``image_size``, normalise → float32 [S, S, 3].
 
-    JPEG only (the dataset guarantees it); decodes only the centre window."""
-    import tensorflow as tf
-
-    shape = tf.image.extract_jpeg_shape(image_bytes)
-    window = centre_crop_window(shape[0], shape[1], image_size=image_size, eval_resize=eval_resize)
-    image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3, dct_method="INTEGER_ACCURATE")
-    return _eval_finish(image, image_size=image_size, mean=mean, std=std)
+    JPEG only (the dataset guarantees it); decodes only the centre window. Float and unrounded, as the serving
+    signature's :func:`preprocess_any` ends (train/serve parity: tests/test_parity.py)."""
+    crop = _decode_centre(image_bytes, image_size=image_size, eval_resize=eval_resize)
+    return normalize(_eval_resize(crop, image_size=image_size), mean, std)
 
 
 def dataset_size(height: Any, width: Any, resize_short: int) -> tuple[Any, Any]:
@@ -323,4 +398,4 @@ def preprocess_any(image_bytes: Any, *, image_size: int, eval_resize: int, mean:
     shape = tf.shape(image)
     window = centre_crop_window(shape[0], shape[1], image_size=image_size, eval_resize=eval_resize)
     image = tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
-    return _eval_finish(image, image_size=image_size, mean=mean, std=std)
+    return normalize(_eval_resize(image, image_size=image_size), mean, std)

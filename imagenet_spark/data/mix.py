@@ -45,7 +45,7 @@ class MixSettings:
     prob: float = 1.0
 
     @classmethod
-    def of(cls, cfg: TrainConfig) -> "MixSettings":
+    def of(cls, cfg: TrainConfig) -> MixSettings:
         return cls(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mix_prob)
 
     @property
@@ -91,9 +91,14 @@ def mix_batch(images: Any, labels: Any, settings: MixSettings, key: Any, index: 
     """Mix one batch: ``(images [b, H, W, C], labels [b, K] one-hot float, λ)``; λ = 1 means unchanged.
 
     Each image ``i`` is mixed with image ``b-1-i``; the returned λ is the weight of the image's own label
-    (for CutMix, the share of its pixels left after pasting the box).
+    (for CutMix, the share of its pixels left after pasting the box). Integer images (the uint8 crops of the
+    training stream) come out as float32 in the same 0..255 units, every batch alike, mixed or not: a blend
+    is not a level, and the step normalises either dtype (``augment.normalize``).
     """
     import tensorflow as tf
+
+    if images.dtype.is_integer:
+        images = tf.cast(images, tf.float32)
 
     seeds = [tf.stack([tf.cast(key, tf.int64), tf.cast(index, tf.int64) * _DRAWS + j]) for j in range(_DRAWS)]
     apply = tf.random.stateless_uniform([], seed=seeds[0]) < settings.prob
@@ -120,7 +125,8 @@ def mix_batch(images: Any, labels: Any, settings: MixSettings, key: Any, index: 
 
 def mix_batches(ds: Any, settings: MixSettings, *, key: int) -> Any:
     """Mixup/CutMix every batch of a ``(images, labels)`` dataset; the dataset itself when mixing is off (so a run
-    without it keeps exactly today's stream). ``key``: a per-worker seed, e.g. ``reader._mix_seed(...)``."""
+    without it keeps exactly today's stream). ``key``: a per-worker seed, e.g. ``reader._mix_seed(...)``. Images
+    come out float32 in 0..255 units when they went in as uint8 (:func:`mix_batch`)."""
     if not settings.enabled:
         return ds
     import tensorflow as tf

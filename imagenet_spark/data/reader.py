@@ -35,13 +35,14 @@ import logging
 import queue
 import warnings
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imagenet_spark.data import fs
-from imagenet_spark.data.augment import AugmentSpec, augment_spec, preprocess_eval, preprocess_train
+from imagenet_spark.data.augment import AugmentSpec, augment_spec, augment_train, crop_eval
 from imagenet_spark.data.mix import MixSettings, mix_batches
 from imagenet_spark.data.schema import PARTITION_COLUMN, DatasetError, read_row_group_rows, read_row_groups_per_file
 from imagenet_spark.data.sharding import ShardPlan, assign_synsets, plan_shards, plan_synset_shards
@@ -227,7 +228,7 @@ def _close_reader(reader: Any) -> None:
             with contextlib.suppress(queue.Full):
                 results.put_nowait(_ReaderClosed())
         reader.join()
-    except Exception:  # noqa: BLE001 - closing must never raise at exit; log what went wrong instead
+    except Exception:  # closing must never raise at exit; log what went wrong instead
         log.warning("closing the petastorm reader failed", exc_info=True)
 
 
@@ -292,7 +293,7 @@ class ParquetRowGroups:
         order = self._rng.permutation(len(self._groups)) if self._shuffle else range(len(self._groups))
         return _iter_row_groups(self._uri, [self._groups[i] for i in order], list(TRAIN_FIELDS))
 
-    def __iter__(self) -> "ParquetRowGroups":
+    def __iter__(self) -> ParquetRowGroups:
         return self
 
     def __next__(self) -> _Group:
@@ -354,7 +355,7 @@ class TrainInput:
     def close(self) -> None:
         self._finalizer()
 
-    def __enter__(self) -> "TrainInput":
+    def __enter__(self) -> TrainInput:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -387,15 +388,17 @@ def _petastorm_reader(uri: str, cfg: TrainConfig, ctx: WorkerContext, seed: int,
 
 
 def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan: ShardPlan, num_classes: int,
-                       image_size: int, mean: Sequence[float], std: Sequence[float], seed: int,
-                       augment: AugmentSpec | None = None) -> TrainInput:
+                       image_size: int, seed: int, augment: AugmentSpec | None = None) -> TrainInput:
     """Worker ``ctx.rank``'s infinite training stream, with its reader (see :class:`TrainInput`).
 
-    Elements: ``(images float32 [b, S, S, 3], labels one-hot float32 [b, num_classes])``, ``b =
-    plan.per_worker_batch``, full batches only. The stream never ends: take ``plan.steps_per_epoch`` batches
-    per epoch (``model.fit(..., steps_per_epoch=plan.steps_per_epoch)``). All iterators of the dataset share
-    one reader: a new iterator continues the stream where the last one left it, and two iterators alive at
-    once would split its rows between them (build a second stream instead).
+    Elements: ``(images uint8 [b, S, S, 3], labels one-hot float32 [b, num_classes])``, ``b =
+    plan.per_worker_batch``, full batches only; with mixup/cutmix on, images are float32 in the same 0..255
+    units. Not normalised: the training step does that on the device (``train/steps.py``,
+    ``augment.normalize``), so the CPUs neither cast nor normalise and the pipeline moves a quarter of the bytes.
+    The stream never ends: take ``plan.steps_per_epoch`` batches per epoch (``model.fit(...,
+    steps_per_epoch=plan.steps_per_epoch)``). All iterators of the dataset share one reader: a new iterator
+    continues the stream where the last one left it, and two iterators alive at once would split its rows
+    between them (build a second stream instead).
 
     Reproducible for a given ``seed``: petastorm's row-group order, the shuffle buffer and every image's crop
     and flip (stateless ops keyed by ``(seed, rank)`` and the element's position in the stream) are all derived
@@ -448,8 +451,7 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
             # Two seeds per element ([key, 2i] for the crop, [key, 2i+1] for the flip inside preprocess_train),
             # so no element's flip shares a seed with its neighbour's crop; RandAugment's are split from the first.
             element_seed = tf.stack([augment_key, index * 2])
-            image = preprocess_train(row[0], image_size=image_size, mean=mean, std=std, seed=element_seed,
-                                     spec=augment)
+            image = augment_train(row[0], image_size=image_size, seed=element_seed, spec=augment)
             return image, tf.one_hot(row[1], num_classes, dtype=tf.float32)
 
         ds = tf.data.Dataset.from_generator(_row_group_source(reader), output_signature=(
@@ -472,15 +474,14 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
 
 
 def train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan: ShardPlan, num_classes: int,
-                  image_size: int, mean: Sequence[float], std: Sequence[float], seed: int,
-                  augment: AugmentSpec | None = None) -> "tf.data.Dataset":
+                  image_size: int, seed: int, augment: AugmentSpec | None = None) -> tf.data.Dataset:
     """The infinite training stream alone (see :func:`open_train_dataset` for elements and reproducibility).
 
     Lifetime: the petastorm reader lives as long as the returned dataset; it is stopped when the dataset is
     garbage collected, or at interpreter exit. Use :func:`open_train_dataset` to stop it at a point you choose.
     """
     return open_train_dataset(data=data, cfg=cfg, ctx=ctx, plan=plan, num_classes=num_classes,
-                              image_size=image_size, mean=mean, std=std, seed=seed, augment=augment).dataset
+                              image_size=image_size, seed=seed, augment=augment).dataset
 
 
 # --------------------------------------------------------------------------------------------------
@@ -543,9 +544,10 @@ def eval_filenames(*, data: str, ctx: WorkerContext, plan: ShardPlan) -> list[st
 
 
 def eval_dataset(*, data: str, ctx: WorkerContext, plan: ShardPlan, num_classes: int, image_size: int,
-                 eval_resize: int, mean: Sequence[float], std: Sequence[float]) -> "tf.data.Dataset":
+                 eval_resize: int) -> tf.data.Dataset:
     """Worker ``ctx.rank``'s validation shard: exactly ``plan.steps_per_epoch`` batches of
-    ``(images float32 [b, S, S, 3], one-hot labels float32 [b, num_classes], sample_weight float32 [b])``.
+    ``(images uint8 [b, S, S, 3], one-hot labels float32 [b, num_classes], sample_weight float32 [b])``; images
+    not normalised, as the training stream's (the evaluation step normalises them).
 
     ``plan`` must come from ``load_plan(data, "validation", workers=ctx.size, ..., drop_remainder=False)``
     (whatever the training ``shard_by``: evaluation sharding is independent of training's). Worker ``k``
@@ -579,7 +581,7 @@ def eval_dataset(*, data: str, ctx: WorkerContext, plan: ShardPlan, num_classes:
             yield (np.array([last] * pad, dtype=object), np.zeros(pad, np.int32), np.zeros(pad, np.float32))
 
     def transform(image: Any, label: Any, weight: Any) -> tuple[Any, Any, Any]:
-        pixels = preprocess_eval(image, image_size=image_size, eval_resize=eval_resize, mean=mean, std=std)
+        pixels = crop_eval(image, image_size=image_size, eval_resize=eval_resize)
         return pixels, tf.one_hot(label, num_classes, dtype=tf.float32), weight
 
     ds = tf.data.Dataset.from_generator(rows, output_signature=(

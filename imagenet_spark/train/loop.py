@@ -111,7 +111,7 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
     average = WeightAverage(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup,
                             strategy=backend.strategy) if cfg.ema_decay else None
     train_steps, eval_steps = make_step_functions(cfg, backend, model, optimizer, sums, num_classes=plan.num_classes,
-                                                  average=average)
+                                                  mean=plan.mean, std=plan.std, average=average)
     # Evaluation, the best epoch's checkpoint and the export see the averaged weights when EMA is on.
     swap = make_swapper(backend, average) if average else None
     with_average = (lambda: averaged_weights(swap)) if swap else contextlib.nullcontext
@@ -205,14 +205,14 @@ def _datasets(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, backend: Any,
     seed = cfg.seed + 7919 * ctx.attempt + 104729 * global_step
     train_ds = backend.distribute(lambda: train_dataset(
         data=cfg.data, cfg=cfg, ctx=ctx, plan=plan.train, num_classes=plan.num_classes,
-        image_size=plan.image_size, mean=plan.mean, std=plan.std, seed=seed, augment=plan.augment))
+        image_size=plan.image_size, seed=seed, augment=plan.augment))
     iterator = iter(train_ds)
     log.info("launch timing: rank %d input ready at %.3f", ctx.rank, time.time())
     val_ds = None
     if plan.validation is not None:
         val_ds = backend.distribute(lambda: eval_dataset(
             data=cfg.data, ctx=ctx, plan=plan.validation, num_classes=plan.num_classes, image_size=plan.image_size,
-            eval_resize=plan.eval_resize, mean=plan.mean, std=plan.std))
+            eval_resize=plan.eval_resize))
     return iterator, val_ds
 
 

@@ -11,18 +11,24 @@ top-1/top-5 count the dominant label (their argmax). TensorFlow is imported insi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from imagenet_spark.config import TrainConfig
+from imagenet_spark.data.augment import normalize
 from imagenet_spark.train.ema import WeightAverage
 
 StepFn = Callable[..., Any]
 
 
 def make_step_functions(cfg: TrainConfig, backend: Any, model: Any, optimizer: Any, sums: dict[str, Any], *,
-                        num_classes: int, average: WeightAverage | None = None) -> tuple[Any, Any]:
+                        num_classes: int, mean: Sequence[float], std: Sequence[float],
+                        average: WeightAverage | None = None) -> tuple[Any, Any]:
     """``train_steps(iterator, n)`` and ``eval_steps(iterator, n)``: n steps inside one ``tf.function``.
+
+    Images arrive as the streams emit them, uint8 (or float32 in 0..255 units after mixup/cutmix), and each step
+    normalises them with the model's ``mean``/``std`` (``augment.normalize``) before the model: on an
+    accelerator that is free, and the input pipeline neither casts nor moves float pixels (issue #13).
 
     ``sums``: the ``tf.keras.metrics.Sum`` the steps add to (``loss``, ``top1``, ``top5``, ``count``, the
     ``val_*`` ones and, when present, ``nonfinite``). ``average``: the EMA of the weights, updated after every
@@ -30,8 +36,12 @@ def make_step_functions(cfg: TrainConfig, backend: Any, model: Any, optimizer: A
     """
     import tensorflow as tf
 
-    train_step = _make_train_step(cfg, backend, model, optimizer, sums, num_classes=num_classes, average=average)
-    eval_step = _make_eval_step(model, sums, num_classes=num_classes)
+    def normalise(images: Any) -> Any:
+        return normalize(images, mean, std)
+
+    train_step = _make_train_step(cfg, backend, model, optimizer, sums, num_classes=num_classes, average=average,
+                                  normalise=normalise)
+    eval_step = _make_eval_step(model, sums, num_classes=num_classes, normalise=normalise)
 
     def train_steps(iterator: Any, n: Any) -> None:
         for _ in tf.range(n):
@@ -58,7 +68,7 @@ def correct(labels: Any, logits: Any, k: int) -> Any:
     return tf.cast(tf.math.in_top_k(tf.argmax(labels, -1), logits, k), tf.float32)
 
 
-def _make_forward_backward(cfg: TrainConfig, backend: Any, model: Any, optimizer: Any) -> StepFn:
+def _make_forward_backward(cfg: TrainConfig, backend: Any, model: Any, optimizer: Any, normalise: StepFn) -> StepFn:
     """Local gradients of this replica's share of the global-batch loss (XLA-compilable: no collectives).
 
     L2 goes on conv/dense kernels only (not BN, not biases), each replica adding its 1/R share (coupled decay,
@@ -73,7 +83,7 @@ def _make_forward_backward(cfg: TrainConfig, backend: Any, model: Any, optimizer
 
     def forward_backward(images: Any, labels: Any) -> tuple[Any, Any, Any]:
         with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
+            logits = tf.cast(model(normalise(images), training=True), tf.float32)  # fused by XLA when on
             per_example = per_example_loss(labels, logits, smoothing)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=loss_batch)
             if cfg.weight_decay and decay:
@@ -108,12 +118,12 @@ def _make_nonfinite_counter(cfg: TrainConfig, sums: dict[str, Any]) -> Callable[
 
 
 def _make_train_step(cfg: TrainConfig, backend: Any, model: Any, optimizer: Any, sums: dict[str, Any], *,
-                     num_classes: int, average: WeightAverage | None) -> StepFn:
+                     num_classes: int, average: WeightAverage | None, normalise: StepFn) -> StepFn:
     """One replica's optimizer step: gradients, their reduction, the update, the EMA and the training sums."""
     import tensorflow as tf
 
     top_k = min(5, num_classes)
-    forward_backward = _make_forward_backward(cfg, backend, model, optimizer)
+    forward_backward = _make_forward_backward(cfg, backend, model, optimizer, normalise)
     count_nonfinite = _make_nonfinite_counter(cfg, sums)
 
     def train_step(images: Any, labels: Any) -> None:
@@ -132,14 +142,14 @@ def _make_train_step(cfg: TrainConfig, backend: Any, model: Any, optimizer: Any,
     return train_step
 
 
-def _make_eval_step(model: Any, sums: dict[str, Any], *, num_classes: int) -> StepFn:
+def _make_eval_step(model: Any, sums: dict[str, Any], *, num_classes: int, normalise: StepFn) -> StepFn:
     """One replica's evaluation step: weighted sums (padding rows weigh 0), so every image counts exactly once."""
     import tensorflow as tf
 
     top_k = min(5, num_classes)
 
     def eval_step(images: Any, labels: Any, weights: Any) -> None:
-        logits = tf.cast(model(images, training=False), tf.float32)
+        logits = tf.cast(model(normalise(images), training=False), tf.float32)
         sums["val_loss"].update_state(tf.reduce_sum(per_example_loss(labels, logits, 0.0) * weights))
         sums["val_top1"].update_state(tf.reduce_sum(correct(labels, logits, 1) * weights))
         sums["val_top5"].update_state(tf.reduce_sum(correct(labels, logits, top_k) * weights))
