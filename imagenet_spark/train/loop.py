@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunPlan:
-    """Everything the driver resolved for the workers: plain values, picklable, JSON-able."""
+    """Everything the driver resolved for the workers: plain values, picklable, JSON-able. It crosses to the
+    workers inside ``train.spec.WorkerSpec`` (``config.to_dict`` / ``from_dict``, the one idiom)."""
 
     num_classes: int
     image_size: int
@@ -59,29 +60,6 @@ class RunPlan:
     resize_short: int | None = None
     # The train transform (data/augment.py), resolved from the config on the driver; None: the default preset.
     augment: AugmentSpec | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunPlan:
-        val = d.get("validation")
-        return cls(
-            num_classes=d["num_classes"], image_size=d["image_size"], eval_resize=d["eval_resize"],
-            mean=tuple(d["mean"]), std=tuple(d["std"]),
-            train=_shard_plan(d["train"]),
-            validation=_shard_plan(val) if val else None,
-            steps_per_epoch=d["steps_per_epoch"], total_steps=d["total_steps"], resize_short=d.get("resize_short"),
-            augment=AugmentSpec.from_dict(d["augment"]) if d.get("augment") else None,
-        )
-
-
-def _shard_plan(d: dict[str, Any]) -> ShardPlan:
-    """A ShardPlan from its JSON form (lists back to tuples)."""
-    return ShardPlan(**{**d, "rows_per_worker": tuple(d["rows_per_worker"]),
-                        "row_groups_per_worker": tuple(d["row_groups_per_worker"])})
 
 
 def train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Reporter | None = None) -> dict[str, Any]:
