@@ -387,6 +387,32 @@ def _petastorm_reader(uri: str, cfg: TrainConfig, ctx: WorkerContext, seed: int,
         )
 
 
+def _worker_shard(data: str, cfg: TrainConfig, ctx: WorkerContext,
+                  plan: ShardPlan) -> tuple[list[RowGroup], dict[str, Any], str]:
+    """This worker's training row groups, the same shard as petastorm arguments, and a description for the log;
+    checked against the plan (a mismatch would give workers unequal epochs)."""
+    groups = row_groups(data, plan.split)
+    shard: dict[str, Any]
+    if cfg.shard_by == "synset":
+        mine = worker_synsets(data, plan.split, rank=ctx.rank, workers=ctx.size)
+        wanted = set(mine)
+        shard = {"filters": [(PARTITION_COLUMN, "in", list(mine))]}
+        shard_desc = f"{len(mine)} synsets ({mine[0]}..{mine[-1]})"
+        my_groups = [g for g in groups if g.synset in wanted]
+    else:
+        my_groups = worker_row_groups(groups, rank=ctx.rank, workers=ctx.size)
+        shard = {"cur_shard": ctx.rank, "shard_count": ctx.size}
+        shard_desc = f"row groups {ctx.rank}::{ctx.size}"
+    my_rows = sum(g.rows for g in my_groups)
+    if my_rows != plan.rows_per_worker[ctx.rank]:
+        raise DatasetError(
+            f"{split_uri(data, plan.split)}: worker {ctx.rank}'s shard ({shard_desc}) holds {my_rows} images but the "
+            f"plan says {plan.rows_per_worker[ctx.rank]}. Fix: build the plan with load_plan(..., "
+            f"shard_by={cfg.shard_by!r}) on the same dataset."
+        )
+    return my_groups, shard, shard_desc
+
+
 def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan: ShardPlan, num_classes: int,
                        image_size: int, seed: int, augment: AugmentSpec | None = None) -> TrainInput:
     """Worker ``ctx.rank``'s infinite training stream, with its reader (see :class:`TrainInput`).
@@ -415,27 +441,9 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
     _check_plan(plan, ctx)
     if augment is None:
         augment = augment_spec(cfg, eval_resize=eval_resize_for(image_size))
-    groups = row_groups(data, plan.split)
     uri = split_uri(data, plan.split)
-    shard: dict[str, Any]
-    if cfg.shard_by == "synset":
-        mine = worker_synsets(data, plan.split, rank=ctx.rank, workers=ctx.size)
-        wanted = set(mine)
-        my_rows = sum(g.rows for g in groups if g.synset in wanted)
-        shard = {"filters": [(PARTITION_COLUMN, "in", list(mine))]}
-        shard_desc = f"{len(mine)} synsets ({mine[0]}..{mine[-1]})"
-        my_groups = [g for g in groups if g.synset in wanted]
-    else:
-        my_groups = worker_row_groups(groups, rank=ctx.rank, workers=ctx.size)
-        my_rows = sum(g.rows for g in my_groups)
-        shard = {"cur_shard": ctx.rank, "shard_count": ctx.size}
-        shard_desc = f"row groups {ctx.rank}::{ctx.size}"
-    if my_rows != plan.rows_per_worker[ctx.rank]:
-        raise DatasetError(
-            f"{uri}: worker {ctx.rank}'s shard ({shard_desc}) holds {my_rows} images but the plan says "
-            f"{plan.rows_per_worker[ctx.rank]}. Fix: build the plan with load_plan(..., shard_by={cfg.shard_by!r}) "
-            "on the same dataset."
-        )
+    my_groups, shard, shard_desc = _worker_shard(data, cfg, ctx, plan)
+    my_rows = sum(g.rows for g in my_groups)
     batch = plan.per_worker_batch
     reader: Any
     if resolve_train_reader(cfg.train_reader) == "parquet":
