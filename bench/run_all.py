@@ -106,8 +106,9 @@ def table(scripts: list[Script], results: Path) -> str:
         if not figures:
             rows.append(f"| {script.name} | (no figures: not run, or it failed; see its output) | | | | | |")
         for f in figures:
-            rows.append(f"| {f.script} | {f.figure} | {_cell(f.value)} {f.unit} | {f.baseline_name}: "
-                        f"{_cell(f.baseline)} {f.unit} | **{f.ratio:.2f}** | {f.better} | {f.shape} |")
+            value, baseline = (f"{_cell(v)} {f.unit}".rstrip() for v in (f.value, f.baseline))
+            rows.append(f"| {f.script} | {f.figure} | {value} | {f.baseline_name}: {baseline} | **{f.ratio:.2f}** "
+                        f"| {f.better} | {f.shape} |")
     return "\n".join(rows)
 
 
