@@ -113,7 +113,7 @@ class ModelDir:
         """The search's copy of its best trial's export (``best/saved_model``, ``best/labels.txt``)."""
         return self.join(self.BEST)
 
-    def trial(self, name: str) -> "ModelDir":
+    def trial(self, name: str) -> ModelDir:
         return ModelDir(self.join(name))
 
     @property
@@ -185,7 +185,7 @@ class DatasetDir:
         return self.join(self.TFRECORD)
 
     @property
-    def staging(self) -> "DatasetDir":
+    def staging(self) -> DatasetDir:
         """The staging area, itself laid out as the dataset it becomes (splits, labels, rejects, manifest)."""
         return DatasetDir(self.join(self.STAGING))
 

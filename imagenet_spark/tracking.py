@@ -36,8 +36,9 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from imagenet_spark.data import fs
@@ -116,7 +117,7 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
 
 
-def run_params(cfg: "TrainConfig") -> dict[str, str]:
+def run_params(cfg: TrainConfig) -> dict[str, str]:
     """Every setting of the run as an MLflow parameter named by its dotted key (``recipe.base_lr``; MLflow's UI
     sorts them, so a section's settings sit together), plus the derived values a reader compares runs by."""
     from imagenet_spark.config import TrainConfig, dotted_settings, to_dict
@@ -187,7 +188,7 @@ class Tracker:
             log.warning("MLflow tracking (%s, %s) failed: %s: %s Training continues without tracking.%s", what,
                         self.tracking_uri or self._uri or "default store", type(exc).__name__, text, fix)
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -198,7 +199,7 @@ class Tracker:
 
     # --- the run
 
-    def start(self, cfg: "TrainConfig", *, run_name: str | None = None) -> str | None:
+    def start(self, cfg: TrainConfig, *, run_name: str | None = None) -> str | None:
         """Open a run in the experiment (created if missing) and log the parameters; returns the run id (None
         when tracking is off or could not start)."""
         if not self.enabled:
@@ -247,7 +248,7 @@ class Tracker:
             return str(found.experiment_id)
         try:
             return str(client.create_experiment(name))
-        except Exception:  # noqa: BLE001 - another driver created it in between: use theirs
+        except Exception:  # another driver created it in between: use theirs
             found = client.get_experiment_by_name(name)
             if found is None:
                 raise

@@ -344,9 +344,8 @@ def test_empty_class_folder_and_all_rejected_class_stay_classes(spark, tmp_path,
 
 
 def test_disk_full_is_classified_by_errno_not_text(tmp_path):
-    with pytest.raises(OSError) as info:
-        with open("/dev/full", "wb", buffering=0) as f:
-            f.write(b"x")
+    with pytest.raises(OSError) as info, open("/dev/full", "wb", buffering=0) as f:
+        f.write(b"x")
     full = info.value
     assert jobs.disk_full_errno(full) == 28
     try:

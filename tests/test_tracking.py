@@ -161,8 +161,7 @@ def test_exception_in_the_block_closes_the_run_as_failed(model_dir, tmp_path, fi
     from mlflow.tracking import MlflowClient
 
     store = (tmp_path / "store").as_uri()
-    with pytest.raises(RuntimeError, match="boom"):
-        with Tracker(uri=store) as tracker:
-            run_id = tracker.start(_cfg(model_dir))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), Tracker(uri=store) as tracker:
+        run_id = tracker.start(_cfg(model_dir))
+        raise RuntimeError("boom")
     assert MlflowClient(tracking_uri=store).get_run(run_id).info.status == "FAILED"
