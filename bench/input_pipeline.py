@@ -141,17 +141,17 @@ def _floors(blobs: list[bytes], *, batch: int, steps: dict[str, int]) -> dict[st
 
 def _reader_only(data: Path, cfg: Any, *, batch: int, steps: dict[str, int]) -> tuple[str, Rate]:
     """The training reader the pipeline uses on this stack, consumed in Python: no TensorFlow, no decode."""
-    from imagenet_spark.data import reader
+    from imagenet_spark.data import metadata, sources
     from imagenet_spark.distribute.stack import resolve_train_reader
 
     kind = resolve_train_reader(cfg.train_reader)
-    uri = reader.split_uri(str(data), "train")
+    uri = metadata.split_uri(str(data), "train")
     if kind == "parquet":
-        source: Any = reader.ParquetRowGroups(uri, reader.row_groups(str(data), "train"), seed=1)
+        source: Any = sources.ParquetRowGroups(uri, metadata.row_groups(str(data), "train"), seed=1)
     else:
         from petastorm import make_batch_reader
 
-        source = make_batch_reader(reader.petastorm_url(uri), schema_fields=["image", "label"],
+        source = make_batch_reader(sources.petastorm_url(uri), schema_fields=["image", "label"],
                                    workers_count=cfg.reader_workers, num_epochs=None, seed=1)
 
     def batches() -> Iterable[int]:
@@ -174,19 +174,19 @@ def _old_stream(data: Path, cfg: Any, ctx: Any, plan: Any, *, classes: int, seed
     float32 images normalised on the CPU; same reader, shuffle, seeds, parallelism and options."""
     import tensorflow as tf
 
-    from imagenet_spark.data import reader
+    from imagenet_spark.data import metadata, reader, sources
     from imagenet_spark.data.augment import preprocess_train
     from imagenet_spark.distribute.threads import data_options
 
-    source = reader.ParquetRowGroups(reader.split_uri(str(data), "train"), reader.row_groups(str(data), "train"),
-                                     seed=reader._mix_seed(seed, 0, reader._SALT_PETASTORM))
+    source = sources.ParquetRowGroups(metadata.split_uri(str(data), "train"), metadata.row_groups(str(data), "train"),
+                                      seed=reader._mix_seed(seed, 0, reader._SALT_PETASTORM))
     key = tf.constant(reader._mix_seed(seed, ctx.rank, reader._SALT_AUGMENT), tf.int64)
 
     def transform(index: Any, row: Any) -> tuple[Any, Any]:
         image = preprocess_train(row[0], image_size=IMAGE_SIZE, mean=MEAN, std=STD, seed=tf.stack([key, index * 2]))
         return image, tf.one_hot(row[1], classes, dtype=tf.float32)
 
-    ds = tf.data.Dataset.from_generator(reader._row_group_source(source), output_signature=(
+    ds = tf.data.Dataset.from_generator(sources.row_group_source(source), output_signature=(
         tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32))).unbatch()
     ds = ds.shuffle(cfg.shuffle_buffer, seed=reader._mix_seed(seed, ctx.rank, reader._SALT_SHUFFLE)).enumerate()
     ds = ds.map(transform, num_parallel_calls=ctx.cpus, deterministic=True)
@@ -287,7 +287,7 @@ def main() -> int:
     tf.config.threading.set_intra_op_parallelism_threads(cores)
 
     from imagenet_spark.config import TrainConfig, resolve
-    from imagenet_spark.data import reader
+    from imagenet_spark.data import metadata
     from imagenet_spark.distribute.context import WorkerContext
 
     n = args.batch
@@ -307,7 +307,7 @@ def main() -> int:
     kind, raw = _reader_only(data, cfg, batch=n, steps=steps)
     print(f"reader    {kind} rows only, no decode: {raw}")
     ctx = WorkerContext(rank=0, size=1, cpus=cores)  # sized as a worker is to its task's CPUs
-    plan = reader.load_plan(str(data), "train", workers=1, per_worker_batch=n)
+    plan = metadata.load_plan(str(data), "train", workers=1, per_worker_batch=n)
     rounds = [_one_round(data, cfg, ctx, plan, tfrecords, classes=args.classes, steps=steps)
               for _ in range(args.rounds)]
     for i, r in enumerate(rounds):

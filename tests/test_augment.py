@@ -15,7 +15,7 @@ import pytest
 import sklearn.datasets as sklearn_datasets  # both locks pin it: a missing one is a setup bug, not a skip
 from PIL import Image
 
-from imagenet_spark.config import ConfigError, Input, TrainConfig, resolve
+from imagenet_spark.config import ConfigError, Input, TrainConfig, from_dict, resolve, to_dict
 from imagenet_spark.data.augment import PRESETS, AugmentSpec, augment_spec, preprocess_eval, preprocess_train
 
 tf = pytest.importorskip("tensorflow")
@@ -183,7 +183,7 @@ def test_settings_from_the_command_line_and_epochs_one_with_the_default_warmup()
     spec = augment_spec(cfg, eval_resize=256)
     assert (spec.area_range, spec.aspect_range, spec.flip_prob) == ((0.5, 1.0), PRESETS["light"].aspect_range, 0.0)
     assert (spec.randaugment_layers, spec.randaugment_magnitude, cfg.recipe.warmup_epochs) == (2, 9.0, 5.0)
-    assert AugmentSpec.from_dict(json.loads(json.dumps(dataclasses.asdict(spec)))) == spec  # as the run plan ships it
+    assert from_dict(AugmentSpec, json.loads(json.dumps(to_dict(spec)))) == spec  # as the run plan ships it
 
 
 def test_training_crops_shrunk_2x_or_more_are_antialiased():

@@ -82,7 +82,7 @@ def test_signature_preprocessing_matches_the_stored_dataset_on_real_photos(image
     are) must match exactly."""
     import tensorflow as tf
 
-    from imagenet_spark.data.augment import preprocess_any
+    from imagenet_spark.data.serving_transform import preprocess_any
 
     errors = {}
     for name, data in _photos().items():
@@ -101,7 +101,7 @@ def test_resize_short_arithmetic_matches_the_partition_job():
     """The signature's target size is images.target_size exactly (same rounding), never an upscale."""
     import tensorflow as tf
 
-    from imagenet_spark.data.augment import dataset_size
+    from imagenet_spark.data.serving_transform import dataset_size
 
     for width, height in [(640, 427), (427, 640), (300, 200), (1001, 257), (257, 1001), (999, 333), (256, 256),
                           (5, 3000), (3000, 300)]:

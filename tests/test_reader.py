@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from imagenet_spark.config import PartitionConfig, TrainConfig, resolve
-from imagenet_spark.data import reader
+from imagenet_spark.data import eval_stream, metadata, reader, sources
 from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
 from imagenet_spark.data.schema import DatasetError
 from imagenet_spark.distribute.context import WorkerContext
@@ -62,21 +62,21 @@ def _take(inp: reader.TrainInput, n: int) -> list[tuple[np.ndarray, np.ndarray]]
 
 
 def _eval_plan(data):
-    return reader.load_plan(str(data), "validation", workers=WORKERS, per_worker_batch=EVAL_BATCH,
+    return metadata.load_plan(str(data), "validation", workers=WORKERS, per_worker_batch=EVAL_BATCH,
                             drop_remainder=False)
 
 
 def test_row_groups_are_uneven_and_shards_equal_steps(dataset):
-    groups = reader.row_groups(str(dataset), "train")
+    groups = metadata.row_groups(str(dataset), "train")
     assert sorted({g.rows for g in groups}) == [2, 4]
-    plan = reader.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH)
+    plan = metadata.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH)
     assert plan.total_rows == CLASSES * TRAIN_PER_CLASS
     assert plan.steps_per_epoch == min(plan.rows_per_worker) // BATCH > 0
 
 
 def test_both_workers_stream_two_epochs_of_full_one_hot_batches(dataset):
     cfg = _cfg(dataset)
-    plan = reader.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH)
+    plan = metadata.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH)
     for rank in range(WORKERS):
         with _train(dataset, cfg, rank, plan) as inp:
             batches = _take(inp, 2 * plan.steps_per_epoch)  # past one epoch: the stream must not end
@@ -91,7 +91,7 @@ def test_both_workers_stream_two_epochs_of_full_one_hot_batches(dataset):
 
 def test_same_seed_same_first_batch_other_seed_differs(dataset):
     cfg = _cfg(dataset)
-    plan = reader.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH)
+    plan = metadata.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH)
     firsts = []
     for seed in (7, 7, 8):
         with _train(dataset, cfg, 0, plan, seed=seed) as inp:
@@ -103,7 +103,7 @@ def test_same_seed_same_first_batch_other_seed_differs(dataset):
 
 def test_train_dataset_alone_and_a_file_uri(dataset):
     cfg = _cfg(dataset)
-    plan = reader.load_plan("file://" + str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH)
+    plan = metadata.load_plan("file://" + str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH)
     ds = reader.train_dataset(data="file://" + str(dataset), cfg=cfg, ctx=_ctx(1), plan=plan, num_classes=CLASSES,
                               image_size=SIZE, seed=1)
     x, y = next(iter(ds))
@@ -113,10 +113,10 @@ def test_train_dataset_alone_and_a_file_uri(dataset):
 
 def test_shard_by_synset_gives_disjoint_classes_and_equal_steps(dataset):
     cfg = _cfg(dataset, shard_by="synset")
-    plan = reader.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH, shard_by="synset")
+    plan = metadata.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH, shard_by="synset")
     assert plan.rows_per_worker == (TRAIN_PER_CLASS * 2, TRAIN_PER_CLASS * 2)
     assert plan.steps_per_epoch == TRAIN_PER_CLASS * 2 // BATCH
-    synsets = [reader.worker_synsets(str(dataset), "train", rank=r, workers=WORKERS) for r in range(WORKERS)]
+    synsets = [metadata.worker_synsets(str(dataset), "train", rank=r, workers=WORKERS) for r in range(WORKERS)]
     assert not set(synsets[0]) & set(synsets[1]) and len(synsets[0] + synsets[1]) == CLASSES
     labels = []
     for rank in range(WORKERS):
@@ -130,12 +130,12 @@ def test_shard_by_synset_gives_disjoint_classes_and_equal_steps(dataset):
 
 def test_eval_filenames_cover_validation_exactly_once(dataset):
     plan = _eval_plan(dataset)
-    names = [reader.eval_filenames(data=str(dataset), ctx=_ctx(r), plan=plan) for r in range(WORKERS)]
+    names = [eval_stream.eval_filenames(data=str(dataset), ctx=_ctx(r), plan=plan) for r in range(WORKERS)]
     every = pq.read_table(dataset / "validation", columns=["filename"]).column("filename").to_pylist()
     assert sorted(names[0] + names[1]) == sorted(every)
     assert len(set(names[0] + names[1])) == len(every) == CLASSES * VAL_PER_CLASS
     assert [len(n) for n in names] == list(plan.rows_per_worker)
-    assert names[1] == reader.eval_filenames(data="file://" + str(dataset), ctx=_ctx(1), plan=plan)
+    assert names[1] == eval_stream.eval_filenames(data="file://" + str(dataset), ctx=_ctx(1), plan=plan)
 
 
 def test_eval_equal_batches_weights_count_each_image_once_and_repeat(dataset):
@@ -145,8 +145,8 @@ def test_eval_equal_batches_weights_count_each_image_once_and_repeat(dataset):
     label_of = {r["filename"]: r["label"] for r in table}
     total_weight = 0.0
     for rank in range(WORKERS):
-        ds = reader.eval_dataset(data=str(dataset), ctx=_ctx(rank), plan=plan, num_classes=CLASSES, image_size=SIZE,
-                                 eval_resize=40)
+        ds = eval_stream.eval_dataset(data=str(dataset), ctx=_ctx(rank), plan=plan, num_classes=CLASSES,
+                                      image_size=SIZE, eval_resize=40)
         assert int(ds.cardinality()) == plan.steps_per_epoch
         runs = []
         for _ in range(2):
@@ -163,34 +163,34 @@ def test_eval_equal_batches_weights_count_each_image_once_and_repeat(dataset):
         labels, weights = runs[0]
         real = int(weights.sum())
         assert real == plan.rows_per_worker[rank] and np.all(weights[:real] == 1) and np.all(weights[real:] == 0)
-        names = reader.eval_filenames(data=str(dataset), ctx=_ctx(rank), plan=plan)
+        names = eval_stream.eval_filenames(data=str(dataset), ctx=_ctx(rank), plan=plan)
         assert labels[:real].tolist() == [label_of[n] for n in names]
         total_weight += weights.sum()
     assert total_weight == CLASSES * VAL_PER_CLASS
 
 
 def test_too_few_row_groups_and_too_large_batches_name_the_fix(dataset):
-    groups = len(reader.row_groups(str(dataset), "validation"))
+    groups = len(metadata.row_groups(str(dataset), "validation"))
     with pytest.raises(DatasetError, match=rf"validation: {groups} row groups for {groups + 1} workers.*Fix: use at "
                                            rf"most {groups} workers"):
-        reader.load_plan(str(dataset), "validation", workers=groups + 1, per_worker_batch=1)
-    plan = reader.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=1)
+        metadata.load_plan(str(dataset), "validation", workers=groups + 1, per_worker_batch=1)
+    plan = metadata.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=1)
     smallest = min(plan.rows_per_worker)
     with pytest.raises(DatasetError, match=rf"smallest worker shard has {smallest} images.*Fix: lower "
                                            rf"--global-batch-size to at most {smallest * WORKERS}"):
-        reader.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=smallest + 1)
+        metadata.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=smallest + 1)
     with pytest.raises(DatasetError, match=r"4 synsets for 5 workers.*Fix: use at most 4 workers"):
-        reader.load_plan(str(dataset), "train", workers=5, per_worker_batch=1, shard_by="synset")
+        metadata.load_plan(str(dataset), "train", workers=5, per_worker_batch=1, shard_by="synset")
 
 
 def test_plans_must_match_the_worker_and_the_use(dataset):
-    train_plan = reader.load_plan(str(dataset), "validation", workers=WORKERS, per_worker_batch=EVAL_BATCH)
+    train_plan = metadata.load_plan(str(dataset), "validation", workers=WORKERS, per_worker_batch=EVAL_BATCH)
     if min(train_plan.rows_per_worker) != max(train_plan.rows_per_worker):
         with pytest.raises(DatasetError, match="drop_remainder=False"):
-            reader.eval_filenames(data=str(dataset), ctx=_ctx(0), plan=train_plan)
+            eval_stream.eval_filenames(data=str(dataset), ctx=_ctx(0), plan=train_plan)
     with pytest.raises(DatasetError, match="plan is for 2 workers but this is worker 0 of 3"):
-        reader.eval_filenames(data=str(dataset), ctx=WorkerContext(rank=0, size=3), plan=_eval_plan(dataset))
-    synset_plan = reader.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH, shard_by="synset")
+        eval_stream.eval_filenames(data=str(dataset), ctx=WorkerContext(rank=0, size=3), plan=_eval_plan(dataset))
+    synset_plan = metadata.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH, shard_by="synset")
     bad = dataclasses.replace(synset_plan, rows_per_worker=(1, 1))
     with pytest.raises(DatasetError, match="the plan says 1"):
         _train(dataset, _cfg(dataset), 0, bad)
@@ -198,13 +198,13 @@ def test_plans_must_match_the_worker_and_the_use(dataset):
 
 def test_not_a_dataset_names_the_path(tmp_path):
     with pytest.raises(DatasetError, match=rf"{tmp_path}/nowhere.*no such directory"):
-        reader.load_plan(str(tmp_path / "nowhere"), "train", workers=1, per_worker_batch=1)
+        metadata.load_plan(str(tmp_path / "nowhere"), "train", workers=1, per_worker_batch=1)
     with pytest.raises(DatasetError, match=rf"{tmp_path}/train: missing"):
-        reader.load_plan(str(tmp_path), "train", workers=1, per_worker_batch=1)
+        metadata.load_plan(str(tmp_path), "train", workers=1, per_worker_batch=1)
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "part-0.parquet").write_bytes(b"PAR1")
     with pytest.raises(DatasetError, match=rf"{tmp_path}/train: no _common_metadata"):
-        reader.load_plan(str(tmp_path), "train", workers=1, per_worker_batch=1)
+        metadata.load_plan(str(tmp_path), "train", workers=1, per_worker_batch=1)
 
 
 def test_synset_plans_round_robin_sorted_synsets():
@@ -216,9 +216,9 @@ def test_synset_plans_round_robin_sorted_synsets():
     assert plan.rows_per_worker == (15, 7) and plan.row_groups_per_worker == (5, 2) and plan.steps_per_epoch == 1
     with pytest.raises(DatasetError, match=r"smallest worker shard has 7 images.*at most 14"):
         plan_synset_shards({"n1": 10, "n2": 7}, {}, workers=2, per_worker_batch=8, split="train")
-    assert reader.synset_of("synset=n01440764/part-00000.parquet") == "n01440764"
+    assert metadata.synset_of("synset=n01440764/part-00000.parquet") == "n01440764"
     with pytest.raises(DatasetError, match="not under a 'synset=<wnid>/' directory"):
-        reader.synset_of("part-00000.parquet")
+        metadata.synset_of("part-00000.parquet")
 
 
 @pytest.mark.legacy_only  # petastorm's thread pool (train_reader=auto is the pyarrow reader elsewhere)
@@ -228,7 +228,7 @@ def test_close_wakes_a_consumer_blocked_inside_the_reader(dataset):
     import queue
     import threading
 
-    plan = reader.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH)
+    plan = metadata.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH)
     inp = _train(dataset, _cfg(dataset), 0, plan)
     pool = inp.reader._workers_pool
     pool._stop_event.set()  # workers stop producing while the reader still counts as running
@@ -240,7 +240,7 @@ def test_close_wakes_a_consumer_blocked_inside_the_reader(dataset):
                 results.get_nowait()
             except queue.Empty:
                 break
-    consumer = threading.Thread(target=lambda: list(reader._row_group_source(inp.reader)()), daemon=True)
+    consumer = threading.Thread(target=lambda: list(sources.row_group_source(inp.reader)()), daemon=True)
     consumer.start()
     consumer.join(0.5)
     assert consumer.is_alive()  # blocked inside the reader

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from imagenet_spark.config import TrainConfig, resolve
-from imagenet_spark.data import reader
+from imagenet_spark.data import eval_stream, metadata, reader, schema, sources
 from imagenet_spark.data.schema import UNISCHEMA_KEY, arrow_file_schema, imagenet_schema, write_petastorm_metadata
 from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.distribute.horovod_env import check_gloo_hostname, gloo_hostname_address
@@ -104,7 +104,7 @@ def test_stock_petastorm_runs_the_pickled_payload(poisoned):
 
     data, marker = poisoned
     with pytest.raises(Exception):  # noqa: B017 - the payload returns None, which petastorm then rejects
-        make_batch_reader(reader.petastorm_url(str(data / "train")), schema_fields=["label"])
+        make_batch_reader(sources.petastorm_url(str(data / "train")), schema_fields=["label"])
     assert marker.exists(), "the poisoned metadata did not run: this test no longer proves anything"
 
 
@@ -115,23 +115,23 @@ def test_parquet_reader_trains_and_evaluates_without_unpickling(poisoned, shard_
     seen: list[bytes] = []
     for rank in range(2):
         ctx = WorkerContext(rank=rank, size=2)
-        plan = reader.load_plan(str(data), "train", workers=2, per_worker_batch=4, shard_by=shard_by)
+        plan = metadata.load_plan(str(data), "train", workers=2, per_worker_batch=4, shard_by=shard_by)
         with reader.open_train_dataset(data=str(data), cfg=cfg, ctx=ctx, plan=plan, num_classes=len(SYNSETS),
                                        image_size=16, seed=1) as inp:
-            assert isinstance(inp.reader, reader.ParquetRowGroups)
+            assert isinstance(inp.reader, sources.ParquetRowGroups)
             batches = list(inp.dataset.take(plan.steps_per_epoch + 2))  # the stream goes on past an epoch
             assert len(batches) == plan.steps_per_epoch + 2
             assert batches[0][0].shape == (4, 16, 16, 3) and batches[0][1].shape == (4, len(SYNSETS))
         # One pass of the raw source is exactly this worker's shard.
-        groups = reader.row_groups(str(data), "train")
-        mine = ([g for g in groups if g.synset in reader.worker_synsets(str(data), "train", rank=rank, workers=2)]
-                if shard_by == "synset" else reader.worker_row_groups(groups, rank=rank, workers=2))
-        source = reader.ParquetRowGroups(str(data / "train"), mine, seed=3)
+        groups = metadata.row_groups(str(data), "train")
+        mine = ([g for g in groups if g.synset in metadata.worker_synsets(str(data), "train", rank=rank, workers=2)]
+                if shard_by == "synset" else metadata.worker_row_groups(groups, rank=rank, workers=2))
+        source = sources.ParquetRowGroups(str(data / "train"), mine, seed=3)
         for _ in mine:
             seen.extend(next(source).image)
-        eval_plan = reader.load_plan(str(data), "validation", workers=2, per_worker_batch=4, drop_remainder=False)
-        ev = reader.eval_dataset(data=str(data), ctx=ctx, plan=eval_plan, num_classes=len(SYNSETS), image_size=16,
-                                 eval_resize=20)
+        eval_plan = metadata.load_plan(str(data), "validation", workers=2, per_worker_batch=4, drop_remainder=False)
+        ev = eval_stream.eval_dataset(data=str(data), ctx=ctx, plan=eval_plan, num_classes=len(SYNSETS),
+                                      image_size=16, eval_resize=20)
         assert len(list(ev)) == eval_plan.steps_per_epoch
     assert len(seen) == len(set(seen)) == len(SYNSETS) * PER_SYNSET, "every training image once across workers"
     assert not marker.exists(), "the pickled payload ran"
@@ -141,8 +141,8 @@ def test_parquet_reader_refuses_a_wrong_schema(tmp_path):
     split = tmp_path / "ds" / "train"
     split.mkdir(parents=True)
     pq.write_metadata(pa.schema([("image", pa.string()), ("label", pa.int32())]), split / "_common_metadata")
-    with pytest.raises(reader.DatasetError, match="column 'image' is string"):
-        reader.ParquetRowGroups(str(split), [reader.RowGroup("x.parquet", 0, 4)], seed=1)
+    with pytest.raises(schema.DatasetError, match="column 'image' is string"):
+        sources.ParquetRowGroups(str(split), [metadata.RowGroup("x.parquet", 0, 4)], seed=1)
 
 
 def test_train_reader_setting_is_validated(tmp_path):

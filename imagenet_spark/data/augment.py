@@ -11,7 +11,7 @@ Szegedy et al. 2015) resized to ``image_size`` and a horizontal flip; RandAugmen
 follow on the uint8 crop; ``none`` is the eval transform. Eval: resize the short side to ``eval_resize`` and
 take the centre ``image_size`` crop (224 of 256), done as one centre decode-and-crop plus one antialiased resize.
 The serving signature first brings an original image to the dataset's size as the partition job did, then
-applies the same eval transform (train/serve parity: tests/test_parity.py).
+applies the same eval transform (``data/serving_transform.py``; train/serve parity: tests/test_parity.py).
 
 Output: the training and evaluation streams take uint8 crops (:func:`augment_train`, :func:`crop_eval`) and the
 steps normalise them on the device with :func:`normalize` (issue #13: the CPUs skip the cast and the float
@@ -56,11 +56,6 @@ class AugmentSpec:
     randaugment_layers: int = 0
     randaugment_magnitude: float = 9.0
     eval_resize: int = 0  # used by crop="centre" only
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> AugmentSpec:
-        """Rebuild from ``dataclasses.asdict`` output after JSON (lists back to tuples)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def describe(self) -> str:
         """One line for the logs."""
@@ -279,7 +274,7 @@ def centre_crop_window(height: Any, width: Any, *, image_size: int, eval_resize:
     return tf.stack([y, x, side, side])
 
 
-def _eval_resize(crop: Any, *, image_size: int) -> Any:
+def resize_eval_crop(crop: Any, *, image_size: int) -> Any:
     """Centre crop → ``image_size`` (float32): the last step of the eval transform, shared by evaluation on the
     stored dataset and the serving signature so the two cannot drift apart. Antialiased: the crop is usually
     several times larger than ``image_size`` (224 px of a 256 px dataset image to 64 px), and plain bilinear
@@ -303,7 +298,7 @@ def crop_eval(image_bytes: Any, *, image_size: int, eval_resize: int) -> Any:
     """The eval transform → uint8 [S, S, 3], not normalised: what the evaluation stream emits (the step
     normalises on the device). :func:`preprocess_eval` rounded to levels (at most half a level apart)."""
     crop = _decode_centre(image_bytes, image_size=image_size, eval_resize=eval_resize)
-    return to_uint8(_eval_resize(crop, image_size=image_size))
+    return to_uint8(resize_eval_crop(crop, image_size=image_size))
 
 
 def preprocess_eval(image_bytes: Any, *, image_size: int, eval_resize: int, mean: Sequence[float],
@@ -311,91 +306,6 @@ def preprocess_eval(image_bytes: Any, *, image_size: int, eval_resize: int, mean
     """Resize short side to ``eval_resize``, centre crop ``image_size``, normalise → float32 [S, S, 3].
 
     JPEG only (the dataset guarantees it); decodes only the centre window. Float and unrounded, as the serving
-    signature's :func:`preprocess_any` ends (train/serve parity: tests/test_parity.py)."""
+    signature's ``serving_transform.preprocess_any`` ends (train/serve parity: tests/test_parity.py)."""
     crop = _decode_centre(image_bytes, image_size=image_size, eval_resize=eval_resize)
-    return normalize(_eval_resize(crop, image_size=image_size), mean, std)
-
-
-def dataset_size(height: Any, width: Any, resize_short: int) -> tuple[Any, Any]:
-    """``(height, width)`` after the partition job's resize (``images.target_size``): short side to
-    ``resize_short``, never upscaled, long side ``round(long * resize_short / short)`` in float64 and rounded
-    half to even, as Python's ``round`` does, so both give the same integer."""
-    import tensorflow as tf
-
-    short = tf.minimum(height, width)
-    scale = tf.constant(float(resize_short), tf.float64) / tf.cast(short, tf.float64)
-
-    def scaled(side: Any) -> Any:
-        return tf.maximum(1, tf.cast(tf.round(tf.cast(side, tf.float64) * scale), tf.int32))
-
-    keep = short <= resize_short
-    out_h = tf.where(keep, height, tf.where(height <= width, resize_short, scaled(height)))
-    out_w = tf.where(keep, width, tf.where(height <= width, scaled(width), resize_short))
-    return out_h, out_w
-
-
-def _draft_scale(height: Any, width: Any, out_h: Any, out_w: Any) -> Any:
-    """The largest of 1, 2, 4, 8 that Pillow's JPEG draft mode decodes at for this target size: the image stays
-    at least ``out_h x out_w`` (``min(w // out_w, h // out_h)`` rounded down to a power of two, at most 8)."""
-    import tensorflow as tf
-
-    room = tf.minimum(width // out_w, height // out_h)
-    return tf.where(room >= 8, 8, tf.where(room >= 4, 4, tf.where(room >= 2, 2, 1)))
-
-
-def to_dataset_pixels(image: Any, *, is_jpeg: Any, resize_short: int) -> Any:
-    """A decoded image [H, W, 3] brought to what the partition job stores: short side ``resize_short`` the way
-    ``images.process_image`` does it, then rounded to 8-bit levels as the stored JPEG holds them.
-
-    The partition job decodes a JPEG in Pillow's draft mode (1/2, 1/4 or 1/8 scale in the DCT domain, which
-    averages blocks: TensorFlow's ``area`` resize by the same power of two is its counterpart), then resizes
-    with OpenCV: area averaging at 2x and more, bicubic below. Measured on the sklearn photographs and
-    rescales of them (bench-style, against images.py at quality 100): this chain is 1.9 levels mean absolute
-    error from the partition job's pixels, where the closest single ``tf.image.resize`` call (bicubic) is 2.5
-    and the antialiased kernels 2.8-3.2 (they blur the 1.2-2x reductions the job does with plain bicubic).
-    """
-    import tensorflow as tf
-
-    shape = tf.shape(image)
-    height, width = shape[0], shape[1]
-    out_h, out_w = dataset_size(height, width, resize_short)
-    pixels = tf.cast(image, tf.float32)
-
-    def resized() -> Any:
-        scale = tf.where(is_jpeg, _draft_scale(height, width, out_h, out_w), 1)
-        drafted = tf.cond(scale > 1, lambda: tf.image.resize(pixels, [-(-height // scale), -(-width // scale)],
-                                                             method="area"), lambda: pixels)
-        factor = tf.cast(tf.shape(drafted)[1], tf.float32) / tf.cast(out_w, tf.float32)
-        out = tf.cond(factor >= 2.0, lambda: tf.image.resize(drafted, [out_h, out_w], method="area"),
-                      lambda: tf.image.resize(drafted, [out_h, out_w], method="bicubic"))
-        return tf.round(tf.clip_by_value(out, 0.0, 255.0))
-
-    return tf.cond(tf.logical_and(tf.equal(out_h, height), tf.equal(out_w, width)), lambda: pixels, resized)
-
-
-def preprocess_any(image_bytes: Any, *, image_size: int, eval_resize: int, mean: Sequence[float],
-                   std: Sequence[float], resize_short: int | None = None) -> Any:
-    """The eval transform for images of any format Pillow-free TF decodes (JPEG, PNG, GIF, BMP): what the
-    serving signature uses, since callers send whatever they have.
-
-    ``resize_short``: the short side of the dataset the model was trained and evaluated on (its manifest's
-    ``resize_short``). The image is first brought to that size the way the partition job did
-    (:func:`to_dataset_pixels`), then given exactly :func:`preprocess_eval`'s crop and resize. Why: without
-    it, a 640x427 photo went from a 374 px crop to 64 px in one step, where evaluation saw the job's
-    256 px image first; that difference cost 0.03 top-1 through the signature. None: the dataset kept the
-    original sizes (``resize_short: none``), so nothing comes before the crop.
-    """
-    import tensorflow as tf
-
-    is_jpeg = tf.equal(tf.strings.substr(image_bytes, 0, 3), b"\xff\xd8\xff")
-    # JPEGs with the accurate integer DCT, as preprocess_eval decodes the stored ones: decode_image's default
-    # (the fast DCT) alone put 1.3 levels of mean absolute error between the two paths on identical bytes.
-    image = tf.cond(is_jpeg, lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
-                    lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False))
-    image = tf.ensure_shape(image, [None, None, 3])
-    if resize_short is not None:
-        image = to_dataset_pixels(image, is_jpeg=is_jpeg, resize_short=resize_short)
-    shape = tf.shape(image)
-    window = centre_crop_window(shape[0], shape[1], image_size=image_size, eval_resize=eval_resize)
-    image = tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
-    return normalize(_eval_resize(image, image_size=image_size), mean, std)
+    return normalize(resize_eval_crop(crop, image_size=image_size), mean, std)

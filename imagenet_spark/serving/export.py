@@ -120,7 +120,7 @@ def _serving_module(model: tf.keras.Model, *, image_size: int, eval_resize: int,
     """
     import tensorflow as tf
 
-    from imagenet_spark.data.augment import preprocess_any
+    from imagenet_spark.data.serving_transform import preprocess_any
 
     module = tf.Module(name="imagenet_spark_serving")
     module.model_variables = list(model.variables)  # tracked: exactly what the traced graph reads

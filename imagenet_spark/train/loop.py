@@ -177,7 +177,8 @@ def _build(cfg: TrainConfig, plan: RunPlan, backend: Any, schedule: Schedule) ->
 
 def _datasets(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, backend: Any, global_step: int) -> tuple[Any, Any]:
     """The distributed training iterator and validation dataset (None without a validation split)."""
-    from imagenet_spark.data.reader import eval_dataset, train_dataset
+    from imagenet_spark.data.eval_stream import eval_dataset
+    from imagenet_spark.data.reader import train_dataset
 
     # A relaunch (a retry, or the next segment of a paused run) reshuffles instead of replaying the first batches.
     seed = cfg.seed + 7919 * ctx.attempt + 104729 * global_step

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def make_run_plan(cfg: TrainConfig) -> RunPlan:
-    from imagenet_spark.data.reader import load_plan
+    from imagenet_spark.data.metadata import load_plan
 
     dataset = DatasetDir(cfg.data)
     if not dataset.is_finished():
