@@ -70,8 +70,9 @@ def main() -> None:
     args = parse_sized(parser, quick={"images": 128})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from imagenet_spark.config import TrainConfig, resolve
+    from imagenet_spark.config import resolve
     from imagenet_spark.data.augment import augment_spec
+    from imagenet_spark.train_config import TrainConfig
 
     blobs = _photos()
     base = None

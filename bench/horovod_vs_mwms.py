@@ -86,9 +86,9 @@ def _launch(role: str, backend: str, args: argparse.Namespace, out_dir: Path) ->
 
 
 def _step_worker(args: argparse.Namespace) -> dict[str, Any]:
-    from imagenet_spark.config import Recipe, TrainConfig
     from imagenet_spark.distribute.backends import make_backend
     from imagenet_spark.distribute.context import WorkerContext
+    from imagenet_spark.train_config import Recipe, TrainConfig
 
     ctx = WorkerContext(rank=args.rank, size=2, host=HOST)
     backend = make_backend(args.backend, ctx)  # before any other TensorFlow op

@@ -144,7 +144,7 @@ def _reader_only(data: Path, cfg: Any, *, batch: int, steps: dict[str, int]) -> 
     from imagenet_spark.data import metadata, sources
     from imagenet_spark.distribute.stack import resolve_train_reader
 
-    kind = resolve_train_reader(cfg.train_reader)
+    kind = resolve_train_reader(cfg.input.train_reader)
     uri = metadata.split_uri(str(data), "train")
     if kind == "parquet":
         source: Any = sources.ParquetRowGroups(uri, metadata.row_groups(str(data), "train"), seed=1)
@@ -152,7 +152,7 @@ def _reader_only(data: Path, cfg: Any, *, batch: int, steps: dict[str, int]) -> 
         from petastorm import make_batch_reader
 
         source = make_batch_reader(sources.petastorm_url(uri), schema_fields=["image", "label"],
-                                   workers_count=cfg.reader_workers, num_epochs=None, seed=1)
+                                   workers_count=cfg.input.reader_workers, num_epochs=None, seed=1)
 
     def batches() -> Iterable[int]:
         pending = 0
@@ -188,7 +188,7 @@ def _old_stream(data: Path, cfg: Any, ctx: Any, plan: Any, *, classes: int, seed
 
     ds = tf.data.Dataset.from_generator(sources.row_group_source(source), output_signature=(
         tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32))).unbatch()
-    ds = ds.shuffle(cfg.shuffle_buffer, seed=reader._mix_seed(seed, ctx.rank, reader._SALT_SHUFFLE)).enumerate()
+    ds = ds.shuffle(cfg.input.shuffle_buffer, seed=reader._mix_seed(seed, ctx.rank, reader._SALT_SHUFFLE)).enumerate()
     ds = ds.map(transform, num_parallel_calls=ctx.cpus, deterministic=True)
     ds = ds.batch(plan.per_worker_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(data_options(ctx.cpus)), source
@@ -236,7 +236,7 @@ def _one_round(data: Path, cfg: Any, ctx: Any, plan: Any, tfrecords: list[str], 
                                    image_size=IMAGE_SIZE, seed=1) as inp:
         rates["ours + normalise"] = _rate(inp.dataset.map(lambda x, y: (normalize(x, MEAN, STD), y)), **steps)
     rates["tfrecord"] = _rate(_tfrecord_stream(tfrecords, classes=classes, batch=plan.per_worker_batch,
-                                               shuffle=cfg.shuffle_buffer, cpus=ctx.cpus), **steps)
+                                               shuffle=cfg.input.shuffle_buffer, cpus=ctx.cpus), **steps)
     return rates
 
 
@@ -286,9 +286,10 @@ def main() -> int:
     tf.config.threading.set_inter_op_parallelism_threads(cores)
     tf.config.threading.set_intra_op_parallelism_threads(cores)
 
-    from imagenet_spark.config import TrainConfig, resolve
+    from imagenet_spark.config import resolve
     from imagenet_spark.data import metadata
     from imagenet_spark.distribute.context import WorkerContext
+    from imagenet_spark.train_config import TrainConfig
 
     n = args.batch
     steps = dict(warmup=args.warmup, count=args.batches)

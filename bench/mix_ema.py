@@ -24,12 +24,12 @@ def _step_seconds(model_name: str, image_size: int, batch: int, steps: int, ema:
     import numpy as np
     import tensorflow as tf
 
-    from imagenet_spark.config import TrainConfig
     from imagenet_spark.distribute.backends import make_backend
     from imagenet_spark.distribute.context import WorkerContext
     from imagenet_spark.models import build
     from imagenet_spark.train.ema import WeightAverage
     from imagenet_spark.train.steps import make_step_functions
+    from imagenet_spark.train_config import TrainConfig
 
     classes = 10
     cfg = TrainConfig(data="-", model_dir="-", model=model_name, workers=1, backend="off", global_batch_size=batch)

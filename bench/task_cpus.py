@@ -51,8 +51,9 @@ def _dataset(work: Path, image_size: int, batch: int, steps: int) -> Path:
 def _run(spark: object, data: Path, model_dir: Path, *, workers: int, cpus_per_worker: int | None,
          args: argparse.Namespace) -> float:
     """Median images/s of the epochs after the first."""
-    from imagenet_spark.config import TrainConfig, resolve
+    from imagenet_spark.config import resolve
     from imagenet_spark.jobs.train import run_training
+    from imagenet_spark.train_config import TrainConfig
 
     cfg = resolve(TrainConfig, explicit=dict(
         data=str(data), model_dir=str(model_dir), model=args.model, image_size=args.image_size, workers=workers,

@@ -31,11 +31,11 @@ def step_ratio(model_name: str, image_size: int, batch: int, steps: int) -> None
     import numpy as np
     import tensorflow as tf
 
-    from imagenet_spark.config import Recipe, TrainConfig
     from imagenet_spark.distribute.backends import make_backend
     from imagenet_spark.distribute.context import WorkerContext
     from imagenet_spark.models import build, decay_variables
     from imagenet_spark.train.steps import make_step_functions
+    from imagenet_spark.train_config import Recipe, TrainConfig
 
     classes = 10
     cfg = TrainConfig(data="-", model_dir="-", model=model_name, workers=1, backend="off", global_batch_size=batch,
@@ -87,11 +87,12 @@ def step_ratio(model_name: str, image_size: int, batch: int, steps: int) -> None
 
 def launch_latency() -> None:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from imagenet_spark.config import PartitionConfig, TrainConfig, resolve
+    from imagenet_spark.config import PartitionConfig, resolve
     from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
     from imagenet_spark.jobs.partition import run_partition
     from imagenet_spark.jobs.train import run_training
     from imagenet_spark.spark.session import build_session
+    from imagenet_spark.train_config import TrainConfig
 
     work = Path(tempfile.mkdtemp(prefix="bench-launch-"))
     write_ilsvrc(work / "raw", FakeSpec(num_classes=4, train_per_class=40, val_per_class=8, image_size=(40, 40)))

@@ -142,8 +142,8 @@ def _run_barrier_job(app_name: str, master: str, work: Callable[[Any], str]) -> 
 
 
 def run_train_cli(args: argparse.Namespace) -> int:
-    from imagenet_spark.config import TrainConfig
     from imagenet_spark.jobs.train import run_training
+    from imagenet_spark.train_config import TrainConfig
 
     cfg = resolve(TrainConfig, preset=args.config, overrides=args.overrides, explicit=_explicit(args, _TRAIN_FLAGS))
 

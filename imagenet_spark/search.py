@@ -28,7 +28,6 @@ from imagenet_spark.config import (
     VAL_METRICS,
     ConfigError,
     Metric,
-    TrainConfig,
     canonical_key,
     dotted_settings,
     flat_names,
@@ -41,6 +40,7 @@ from imagenet_spark.config import (
 from imagenet_spark.data import fs
 from imagenet_spark.errors import ImagenetSparkError
 from imagenet_spark.layout import ModelDir
+from imagenet_spark.train_config import TrainConfig
 
 Sampler = Literal["tpe", "random"]
 EarlyStopping = Literal["successive_halving", "median", "none"]

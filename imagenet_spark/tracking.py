@@ -45,7 +45,7 @@ from imagenet_spark.data import fs
 from imagenet_spark.errors import ImagenetSparkError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from imagenet_spark.config import TrainConfig
+    from imagenet_spark.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ def _param_value(value: Any) -> str:
 def run_params(cfg: TrainConfig) -> dict[str, str]:
     """Every setting of the run as an MLflow parameter named by its dotted key (``recipe.base_lr``; MLflow's UI
     sorts them, so a section's settings sit together), plus the derived values a reader compares runs by."""
-    from imagenet_spark.config import TrainConfig, dotted_settings, to_dict
+    from imagenet_spark.config import dotted_settings, to_dict
+    from imagenet_spark.train_config import TrainConfig
 
     params = {key: _param_value(value) for key, value in dotted_settings(TrainConfig, to_dict(cfg)).items()}
     params["peak_learning_rate"] = _param_value(round(cfg.learning_rate, 8))

@@ -20,7 +20,8 @@
 import typing
 
 from imagenet_spark import notebook as nb
-from imagenet_spark.config import Backend, TrainConfig, resolve
+from imagenet_spark.config import Backend, resolve
+from imagenet_spark.train_config import TrainConfig
 from imagenet_spark.models import available
 from imagenet_spark.report import render_report
 from imagenet_spark.jobs.train import run_training

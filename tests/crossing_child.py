@@ -77,11 +77,12 @@ def _stock_petastorm(url: str, n_train: int, n_val: int) -> dict[str, Any]:
 def read(data: Path, model_dir: Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    from imagenet_spark.config import TrainConfig, resolve
+    from imagenet_spark.config import resolve
     from imagenet_spark.data.schema import UNISCHEMA_KEY
     from imagenet_spark.distribute import stack
     from imagenet_spark.jobs.train import run_training
     from imagenet_spark.spark.session import build_session
+    from imagenet_spark.train_config import TrainConfig
 
     manifest = json.loads((data / "manifest.json").read_text())
     sizes = manifest["split_sizes"]

@@ -15,8 +15,9 @@ import pytest
 import sklearn.datasets as sklearn_datasets  # both locks pin it: a missing one is a setup bug, not a skip
 from PIL import Image
 
-from imagenet_spark.config import ConfigError, Input, TrainConfig, from_dict, resolve, to_dict
+from imagenet_spark.config import ConfigError, from_dict, resolve, to_dict
 from imagenet_spark.data.augment import PRESETS, AugmentSpec, augment_spec, preprocess_eval, preprocess_train
+from imagenet_spark.train_config import Input, TrainConfig
 
 tf = pytest.importorskip("tensorflow")
 

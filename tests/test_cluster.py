@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from imagenet_spark.config import TrainConfig, from_dict, resolve, to_dict
+from imagenet_spark.config import from_dict, resolve, to_dict
 from imagenet_spark.data.sharding import ShardPlan
 from imagenet_spark.distribute.backends import BackendError
 from imagenet_spark.distribute.cluster import (
@@ -38,6 +38,7 @@ from imagenet_spark.spark.jobs import SparkJobError
 from imagenet_spark.spark.session import executors_in_driver_jvm, local_slots, master_kind
 from imagenet_spark.train.loop import RunPlan
 from imagenet_spark.train.spec import WorkerSpec
+from imagenet_spark.train_config import TrainConfig
 
 
 def test_tf_config_lists_workers_in_rank_order():

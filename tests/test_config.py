@@ -17,10 +17,8 @@ from imagenet_spark.config import (
     Export,
     FlatSettingWarning,
     Metric,
-    Output,
     PartitionConfig,
     ShardBy,
-    TrainConfig,
     canonical_key,
     changed_settings,
     from_dict,
@@ -33,6 +31,7 @@ from imagenet_spark.config import (
     with_settings,
 )
 from imagenet_spark.data.schema import DatasetError
+from imagenet_spark.train_config import Output, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -197,13 +196,6 @@ def test_with_settings_changes_a_section_field_and_refuses_unknown_keys():
     assert cfg.output.stop_at_epoch is None, "frozen: the original is unchanged"
     with pytest.raises(ConfigError, match=r"output.stop_at_epok.*did you mean output.stop_at_epoch"):
         with_settings(cfg, {"output.stop_at_epok": 3})
-
-
-def test_transition_flat_attribute_reads_resolve_to_the_section():
-    cfg = _train(**{"recipe.base_lr": 0.3})
-    assert cfg.base_lr == cfg.recipe.base_lr == 0.3  # TRANSITION: goes with TrainConfig.__getattr__
-    with pytest.raises(AttributeError):
-        cfg.no_such_setting  # noqa: B018
 
 
 def test_resumable_marks_are_read_from_the_fields():

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imagenet_spark.config import Recipe, TrainConfig
 from imagenet_spark.train.ema import WeightAverage, averaged_weights, decay_at, make_swapper
+from imagenet_spark.train_config import Recipe, TrainConfig
 
 tf = pytest.importorskip("tensorflow")
 

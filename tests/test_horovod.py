@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from imagenet_spark.config import TrainConfig, resolve
+from imagenet_spark.config import resolve
 from imagenet_spark.distribute.cluster import Endpoint, LaunchError, host_layout
 from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.distribute.horovod_env import (
@@ -31,6 +31,7 @@ from imagenet_spark.distribute.horovod_env import (
     host_alloc_plan,
     start_rendezvous,
 )
+from imagenet_spark.train_config import TrainConfig
 
 CLASSES = 4
 VAL_IMAGES = 15 * CLASSES

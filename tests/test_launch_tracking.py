@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
-from imagenet_spark.config import TrainConfig, resolve
+from imagenet_spark.config import resolve
 from imagenet_spark.jobs.train import run_training
 from imagenet_spark.tracking import RUN_POINTER
+from imagenet_spark.train_config import TrainConfig
 
 
 def test_background_tracking_start_records_the_whole_run(spark, dataset, tmp_path, monkeypatch):

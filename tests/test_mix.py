@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imagenet_spark.config import ConfigError, TrainConfig, resolve
+from imagenet_spark.config import ConfigError, resolve
 from imagenet_spark.data.mix import MixSettings, mix_batch, mix_batches
+from imagenet_spark.train_config import TrainConfig
 
 tf = pytest.importorskip("tensorflow")
 

@@ -304,10 +304,10 @@ def test_driver_stopped_mid_publish_is_not_finished_and_resume_completes_it(spar
     """The driver dies after moving train/ into place (fault injection at the same point a kill would hit):
     no manifest, so neither the trainer nor the summary take it as a dataset; --resume moves train/ back into
     staging and publishes everything, with no task redone and no duplicate row."""
-    from imagenet_spark.config import TrainConfig
     from imagenet_spark.data.partition import InjectedFailure
     from imagenet_spark.data.schema import DatasetError
     from imagenet_spark.train.planning import make_run_plan
+    from imagenet_spark.train_config import TrainConfig
 
     raw = tmp_path / "raw"
     summary = write_ilsvrc(raw, FakeSpec(**SMALL))

@@ -10,12 +10,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from imagenet_spark.config import PartitionConfig, TrainConfig, resolve
+from imagenet_spark.config import PartitionConfig, resolve
 from imagenet_spark.data import eval_stream, metadata, reader, sources
 from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
 from imagenet_spark.data.schema import DatasetError
 from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.jobs.partition import run_partition
+from imagenet_spark.train_config import TrainConfig
 
 CLASSES = 4
 TRAIN_PER_CLASS = 24

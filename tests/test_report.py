@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imagenet_spark.config import PartitionConfig, TrainConfig, resolve
+from imagenet_spark.config import PartitionConfig, resolve
 from imagenet_spark.data.fake import FakeSpec, write_ilsvrc
 from imagenet_spark.data.samples import manifest_tables, read_samples
 from imagenet_spark.jobs.partition import run_partition
@@ -25,6 +25,7 @@ from imagenet_spark.report import (
     run_report_cli,
 )
 from imagenet_spark.serving.evaluation import EvaluationError, evaluate_rows
+from imagenet_spark.train_config import TrainConfig
 
 CLASSES = 3
 

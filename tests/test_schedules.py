@@ -7,8 +7,9 @@ import logging
 
 import pytest
 
-from imagenet_spark.config import WARMUP_MAX_FRACTION, ConfigError, TrainConfig, resolve
+from imagenet_spark.config import WARMUP_MAX_FRACTION, ConfigError, resolve
 from imagenet_spark.train.schedules import Schedule, effective_warmup_epochs, make_schedule, warmup_clamp_note
+from imagenet_spark.train_config import TrainConfig
 
 SPE = 40  # steps per epoch
 
@@ -38,7 +39,7 @@ def test_default_warmup_is_clamped_to_a_third_of_short_runs(epochs, warmup_epoch
 def test_clamp_note_and_a_short_warmup_is_kept():
     assert effective_warmup_epochs(5.0, 1.0, WARMUP_MAX_FRACTION) == pytest.approx(1 / 3)
     assert warmup_clamp_note(5.0, 1.0, WARMUP_MAX_FRACTION) == \
-        "warmup: 5 epoch(s) asked, 0.333333 used: at most warmup_max_fraction=0.333333 of the 1-epoch run"
+        "warmup: 5 epoch(s) asked, 0.333333 used: at most recipe.warmup_max_fraction=0.333333 of the 1-epoch run"
     assert effective_warmup_epochs(1.0, 3.0, WARMUP_MAX_FRACTION) == 1.0  # the smoke presets: unchanged
     assert effective_warmup_epochs(0.0, 0.5, WARMUP_MAX_FRACTION) == 0.0
     assert warmup_clamp_note(1.0, 3.0, WARMUP_MAX_FRACTION) is None

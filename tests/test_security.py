@@ -19,11 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from imagenet_spark.config import TrainConfig, resolve
+from imagenet_spark.config import resolve
 from imagenet_spark.data import eval_stream, metadata, reader, schema, sources
 from imagenet_spark.data.schema import UNISCHEMA_KEY, arrow_file_schema, imagenet_schema, write_petastorm_metadata
 from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.distribute.horovod_env import check_gloo_hostname, gloo_hostname_address
+from imagenet_spark.train_config import TrainConfig
 
 from .netns import listening_sockets
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from imagenet_spark.config import ConfigError, TrainConfig, resolve
+from imagenet_spark.config import ConfigError, resolve
 from imagenet_spark.distribute import stack
+from imagenet_spark.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.both_stacks
@@ -52,13 +53,13 @@ def test_horovod_backend_on_a_stack_without_horovod_names_the_stack_and_the_fix(
 
 
 def test_train_reader_auto_follows_the_stack_and_petastorm_is_refused_without_it(tmp_path):
-    assert _cfg(tmp_path).train_reader == "auto"
+    assert _cfg(tmp_path).input.train_reader == "auto"
     assert stack.resolve_train_reader("auto") == ("petastorm" if HAS_PETASTORM else "parquet")
     assert stack.resolve_train_reader("parquet") == "parquet"
     with pytest.raises(ConfigError, match="train_reader"):
         _cfg(tmp_path, train_reader="pickle")
     if HAS_PETASTORM:
-        assert _cfg(tmp_path, train_reader="petastorm").train_reader == "petastorm"
+        assert _cfg(tmp_path, train_reader="petastorm").input.train_reader == "petastorm"
         return
     with pytest.raises(ConfigError) as err:
         _cfg(tmp_path, train_reader="petastorm")

@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
-from imagenet_spark.config import ConfigError, TrainConfig, resolve
+from imagenet_spark.config import ConfigError, resolve
 from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.distribute.threads import ThreadSizing, size_threads
+from imagenet_spark.train_config import TrainConfig
 
 
 @pytest.mark.parametrize("setting,task_cpus,gpus,host,local_size,expected", [

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from imagenet_spark.config import TrainConfig, resolve
+from imagenet_spark.config import resolve
 from imagenet_spark.tracking import RUN_POINTER, Tracker, resolve_tracking_uri
+from imagenet_spark.train_config import TrainConfig
 
 HISTORY = [
     {"epoch": 1, "global_step": 6, "loss": 1.3, "top1": 0.4, "top5": 1.0, "images_per_s": 30.0, "learning_rate": 0.02,

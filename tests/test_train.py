@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from imagenet_spark.config import ConfigError, TrainConfig, resolve, to_dict
+from imagenet_spark.config import ConfigError, resolve, to_dict
 from imagenet_spark.data.schema import DatasetError
 from imagenet_spark.distribute.cluster import LaunchError
 from imagenet_spark.jobs.train import run_training
 from imagenet_spark.train.planning import prepare_model_dir
+from imagenet_spark.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

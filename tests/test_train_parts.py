@@ -11,10 +11,11 @@ import math
 
 import pytest
 
-from imagenet_spark.config import TrainConfig, from_dict, resolve
+from imagenet_spark.config import from_dict, resolve
 from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.train.epochs import EpochRecord, _call_length
 from imagenet_spark.train.faults import FaultInjector
+from imagenet_spark.train_config import TrainConfig
 
 _TRAINED = dict(epoch=2, global_step=14, loss=1.25, top1=0.5, top5=1.0, images_per_s=321.5, learning_rate=0.05,
                 train_time_s=1.5, attempt=1)

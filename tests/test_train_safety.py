@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 
 from imagenet_spark import jsonio, ownership
-from imagenet_spark.config import ConfigError, PartitionConfig, TrainConfig, resolve, to_dict, with_settings
+from imagenet_spark.config import ConfigError, PartitionConfig, resolve, to_dict, with_settings
 from imagenet_spark.jobs.train import run_training
 from imagenet_spark.train.divergence import DivergedError
 from imagenet_spark.train.planning import check_model_dir
+from imagenet_spark.train_config import TrainConfig
 
 
 def _cfg(data: Path, model_dir: Path, **kw) -> TrainConfig:
@@ -192,7 +193,7 @@ def test_divergence_mid_run_stops_with_step_and_rate_and_exports_nothing(spark, 
     assert last == exc.step and last - first < cfg.loop.divergence_check_steps == 10, "checked at most 10 steps apart"
     assert exc.learning_rate == pytest.approx(cfg.learning_rate * 1e9)
     text = str(exc)
-    assert f"global step {exc.step}" in text and "learning rate" in text and "Fix: lower base_lr" in text
+    assert f"global step {exc.step}" in text and "learning rate" in text and "Fix: lower recipe.base_lr" in text
     assert not (model_dir / "saved_model").exists()
     history = _strict(model_dir / "metrics.json")
     assert [r["epoch"] for r in history] == [1] and math.isfinite(history[0]["loss"])

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from imagenet_spark.config import AugmentPreset
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from imagenet_spark.config import TrainConfig
+    from imagenet_spark.train_config import TrainConfig
 
 AREA_RANGE = (0.08, 1.0)
 ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
@@ -83,14 +83,14 @@ PRESETS: Mapping[str, AugmentSpec] = MappingProxyType({
 
 def augment_spec(cfg: TrainConfig, *, eval_resize: int) -> AugmentSpec:
     """The config's preset with its explicit overrides applied (``cfg`` already validated)."""
-    spec = PRESETS[cfg.augment]
+    spec = PRESETS[cfg.input.augment]
     return dataclasses.replace(
         spec,
-        area_range=tuple(cfg.crop_area or spec.area_range),
-        aspect_range=tuple(cfg.crop_aspect or spec.aspect_range),
-        flip_prob=spec.flip_prob if cfg.flip_prob is None else cfg.flip_prob,
-        randaugment_layers=cfg.randaugment_layers,
-        randaugment_magnitude=cfg.randaugment_magnitude,
+        area_range=cfg.input.crop_area or spec.area_range,
+        aspect_range=cfg.input.crop_aspect or spec.aspect_range,
+        flip_prob=spec.flip_prob if cfg.input.flip_prob is None else cfg.input.flip_prob,
+        randaugment_layers=cfg.input.randaugment_layers,
+        randaugment_magnitude=cfg.input.randaugment_magnitude,
         eval_resize=eval_resize,
     )
 

@@ -134,7 +134,7 @@ def worker_synsets(data: str, split: str, *, rank: int, workers: int) -> tuple[s
     rows, _ = _synset_tables(row_groups(data, split))
     if len(rows) < workers:
         raise DatasetError(f"{split}: {len(rows)} synsets for {workers} workers with shard_by=synset. Fix: use at "
-                           f"most {len(rows)} workers, or --set shard_by=row_group.")
+                           f"most {len(rows)} workers, or --set input.shard_by=row_group.")
     return assign_synsets(list(rows), workers=workers)[rank]
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from imagenet_spark.config import TrainConfig
+from imagenet_spark.train_config import TrainConfig
 
 # Probability that a batch uses CutMix rather than Mixup when both are on (timm Mixup's switch_prob default).
 SWITCH_PROB = 0.5
@@ -46,7 +46,7 @@ class MixSettings:
 
     @classmethod
     def of(cls, cfg: TrainConfig) -> MixSettings:
-        return cls(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mix_prob)
+        return cls(mixup_alpha=cfg.recipe.mixup_alpha, cutmix_alpha=cfg.recipe.cutmix_alpha, prob=cfg.recipe.mix_prob)
 
     @property
     def enabled(self) -> bool:

@@ -43,8 +43,8 @@ from imagenet_spark.models import eval_resize_for
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import tensorflow as tf
 
-    from imagenet_spark.config import TrainConfig
     from imagenet_spark.distribute.context import WorkerContext
+    from imagenet_spark.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _worker_shard(data: str, cfg: TrainConfig, ctx: WorkerContext,
     checked against the plan (a mismatch would give workers unequal epochs)."""
     groups = row_groups(data, plan.split)
     shard: dict[str, Any]
-    if cfg.shard_by == "synset":
+    if cfg.input.shard_by == "synset":
         mine = worker_synsets(data, plan.split, rank=ctx.rank, workers=ctx.size)
         wanted = set(mine)
         shard = {"filters": [(PARTITION_COLUMN, "in", list(mine))]}
@@ -109,7 +109,7 @@ def _worker_shard(data: str, cfg: TrainConfig, ctx: WorkerContext,
         raise DatasetError(
             f"{split_uri(data, plan.split)}: worker {ctx.rank}'s shard ({shard_desc}) holds {my_rows} images but the "
             f"plan says {plan.rows_per_worker[ctx.rank]}. Fix: build the plan with load_plan(..., "
-            f"shard_by={cfg.shard_by!r}) on the same dataset."
+            f"shard_by={cfg.input.shard_by!r}) on the same dataset."
         )
     return my_groups, shard, shard_desc
 
@@ -131,7 +131,7 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
     and flip (stateless ops keyed by ``(seed, rank)`` and the element's position in the stream) are all derived
     from it, and workers mix in their rank so their augmentations differ. Petastorm shuffles the row-group
     order once per reader (later epochs repeat it); the shuffle buffer mixes rows across row groups. Pass a
-    different seed on a restart (e.g. ``cfg.seed + attempt``) to avoid replaying the first epoch's order.
+    different seed on a restart (e.g. ``cfg.input.seed + attempt``) to avoid replaying the first epoch's order.
 
     ``augment``: the train transform the driver resolved (``RunPlan.augment``); None resolves it here from
     ``cfg`` with the eval short side :func:`~imagenet_spark.models.eval_resize_for` gives (for callers without a run
@@ -147,15 +147,16 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
     my_rows = sum(g.rows for g in my_groups)
     batch = plan.per_worker_batch
     reader: Any
-    if resolve_train_reader(cfg.train_reader) == "parquet":
+    if resolve_train_reader(cfg.input.train_reader) == "parquet":
         reader = ParquetRowGroups(uri, my_groups, seed=_mix_seed(seed, ctx.rank, _SALT_PETASTORM))
     else:
-        reader = petastorm_reader(uri, workers_count=cfg.reader_workers,
+        reader = petastorm_reader(uri, workers_count=cfg.input.reader_workers,
                                   seed=_mix_seed(seed, ctx.rank, _SALT_PETASTORM), shard=shard)
     try:
         shuffle_seed = _mix_seed(seed, ctx.rank, _SALT_SHUFFLE)
         augment_key = tf.constant(_mix_seed(seed, ctx.rank, _SALT_AUGMENT), tf.int64)
-        parallel = cfg.decode_threads or ctx.cpus or tf.data.AUTOTUNE  # ctx.cpus: the task's (distribute/threads.py)
+        # ctx.cpus: the task's (distribute/threads.py)
+        parallel = cfg.input.decode_threads or ctx.cpus or tf.data.AUTOTUNE
 
         def transform(index: Any, row: Any) -> tuple[Any, Any]:
             # Two seeds per element ([key, 2i] for the crop, [key, 2i+1] for the flip inside preprocess_train),
@@ -167,8 +168,8 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
         ds = tf.data.Dataset.from_generator(row_group_source(reader), output_signature=(
             tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)))  # one element per row group
         ds = ds.unbatch()
-        if cfg.shuffle_buffer > 1:
-            ds = ds.shuffle(cfg.shuffle_buffer, seed=shuffle_seed)
+        if cfg.input.shuffle_buffer > 1:
+            ds = ds.shuffle(cfg.input.shuffle_buffer, seed=shuffle_seed)
         ds = ds.enumerate()
         ds = ds.map(transform, num_parallel_calls=parallel, deterministic=True)
         ds = ds.batch(batch, drop_remainder=True)

@@ -88,7 +88,7 @@ def plan_synset_shards(rows_per_synset: Mapping[str, int], row_groups_per_synset
     if len(synsets) < workers:
         raise DatasetError(
             f"{split}: {len(synsets)} synsets for {workers} workers with shard_by=synset; each worker needs at "
-            f"least one whole class. Fix: use at most {len(synsets)} workers, or --set shard_by=row_group "
+            f"least one whole class. Fix: use at most {len(synsets)} workers, or --set input.shard_by=row_group "
             "(class-mixed shards by row group)."
         )
     assignment = assign_synsets(synsets, workers=workers)

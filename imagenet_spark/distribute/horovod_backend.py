@@ -161,8 +161,9 @@ def make_horovod_backend(ctx: WorkerContext, *, fp16_allreduce: bool = False) ->
         hvd.init()
     except Exception as exc:  # noqa: BLE001 - horovod raises plain exceptions for rendezvous failures
         raise BackendError(f"backend='horovod': hvd.init() failed on rank {ctx.rank}: {exc}. Fix: check that the "
-                           "executors can reach each other on network_interface (set --set network_interface=IFACE "
-                           "to the interface carrying the executors' addresses).") from exc
+                           "executors can reach each other on launch.network_interface (set --set "
+                           "launch.network_interface=IFACE to the interface carrying the executors' "
+                           "addresses).") from exc
     if (hvd.rank(), hvd.size()) != (ctx.rank, ctx.size):
         raise BackendError(f"backend='horovod': Horovod sees rank {hvd.rank()} of {hvd.size()}, the launcher planned "
                            f"rank {ctx.rank} of {ctx.size}. Fix: start Horovod workers through the barrier launcher "

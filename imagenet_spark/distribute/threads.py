@@ -41,7 +41,7 @@ class ThreadSizing:
         """The start-of-worker log line: ``rank 0: 2 CPUs (spark.task.cpus=2): intra-op 2, inter-op 2, tf.data 2``."""
         seen = f"spark.task.cpus={task_cpus}" if task_cpus is not None else "no Spark task"
         if not self.sized:
-            return f"rank {rank}: threads unsized (cpus_per_worker=0, {seen}): TensorFlow's defaults, every core"
+            return f"rank {rank}: threads unsized (launch.cpus_per_worker=0, {seen}): TensorFlow's defaults, every core"
         why = seen if self.source == "spark.task.cpus" else f"{self.source}, {seen}"
         return (f"rank {rank}: {self.cpus} CPUs ({why}): intra-op {self.cpus}, inter-op {self.cpus}, "
                 f"tf.data {self.cpus}")

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from imagenet_spark import ownership
-from imagenet_spark.config import TrainConfig
 from imagenet_spark.data import fs
 from imagenet_spark.distribute.cluster import LaunchError
 from imagenet_spark.distribute.failures import TaskFailure, failure_of
@@ -36,6 +35,7 @@ from imagenet_spark.train.loop import RunPlan
 from imagenet_spark.train.planning import check_model_dir, make_run_plan, prepare_model_dir
 from imagenet_spark.train.reporting import read_metrics
 from imagenet_spark.train.spec import WorkerSpec
+from imagenet_spark.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,14 @@ def _launch(spark: Any, cfg: TrainConfig, plan: RunPlan, *, on_driver: bool, lab
             inject_port_conflict_rank: int | None) -> dict[str, Any]:
     """The attempts, with the progress server and the tracker around them; logs how the training ended."""
     state: dict[str, Any] = {}
-    tracker = Tracker(uri=cfg.tracking_uri, experiment=cfg.experiment, enabled=cfg.track)
+    tracker = Tracker(uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment, enabled=cfg.tracking.track)
     with tracker, ProgressServer(_driver_host(spark), _progress_logger(state, tracker, f"{label}: " if label else "")) \
             as progress:
         tracking_started = _start_tracking(tracker, cfg)
         base = WorkerSpec(config=cfg, plan=plan, progress=progress.address,
                           log_level=logging.getLevelName(log.getEffectiveLevel()),
                           inject_port_conflict_rank=inject_port_conflict_rank if inject_port_conflict_rank is not None
-                          else cfg.inject_port_conflict_rank,
+                          else cfg.faults.inject_port_conflict_rank,
                           has_gpu_resources=bool(spark.sparkContext.getConf().get("spark.task.resource.gpu.amount",
                                                                                   None)))
         try:
@@ -214,12 +214,12 @@ def _allow_retry(cfg: TrainConfig, failure: TaskFailure, text: str, record: dict
         raise TrainingFailedError(f"the {cfg.backend} backend cannot start: {first_line[:500]}") from exc
     else:
         budget.failures += 1
-        if budget.failures > cfg.max_retries:
+        if budget.failures > cfg.launch.max_retries:
             raise TrainingFailedError(
-                f"training failed {budget.failures} times (max_retries={cfg.max_retries}); last error: "
+                f"training failed {budget.failures} times (launch.max_retries={cfg.launch.max_retries}); last error: "
                 f"{first_line[:500]}. Checkpoints are in {ModelDir(cfg.model_dir).checkpoints}: rerun "
                 "the same command to resume.") from exc
         log.warning("attempt %d failed after %.0f s: %s; retry %d/%d resumes from the checkpoint at "
                     "step %d (last progress report: step %d)", record["attempt"], record["seconds"],
-                    record["error"], budget.failures, cfg.max_retries, record["resume_from_step"],
+                    record["error"], budget.failures, cfg.launch.max_retries, record["resume_from_step"],
                     record["last_reported_step"])

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from imagenet_spark.config import TrainConfig, from_dict, to_dict
+from imagenet_spark.config import from_dict, to_dict
 from imagenet_spark.distribute.cluster import (
     Endpoint,
     LaunchError,
@@ -47,6 +47,7 @@ from imagenet_spark.spark.jobs import run_barrier
 from imagenet_spark.spark.preflight import check_spark_conf
 from imagenet_spark.spark.session import executors_in_driver_jvm, local_slots, master_kind
 from imagenet_spark.train.spec import WorkerSpec
+from imagenet_spark.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,9 @@ def check_cluster(spark: Any, cfg: TrainConfig, *, hoped: int | None = None) -> 
     sync = conf.get("spark.barrier.sync.timeout", None)
     if sync is None:
         log.warning("spark.barrier.sync.timeout is unset (365 days): a lost task could stall the start-up exchange "
-                    "for a year. Set it (our sessions use %s s).", cfg.barrier_timeout_s)
+                    "for a year. Set it (our sessions use %s s).", cfg.launch.barrier_timeout_s)
     master = spark.sparkContext.master
-    deadline = time.monotonic() + cfg.slots_wait_s
+    deadline = time.monotonic() + cfg.launch.slots_wait_s
     seen, steady_since = -1, time.monotonic()
     while True:
         slots = _slots_now(spark, master)
@@ -109,7 +110,8 @@ def check_cluster(spark: Any, cfg: TrainConfig, *, hoped: int | None = None) -> 
             task_cpus = conf.get("spark.task.cpus", "1")
             raise LaunchError(
                 f"workers={cfg.workers} needs {cfg.workers} barrier task slots, but the cluster has {slots} "
-                f"(master {master}, spark.task.cpus={task_cpus}, waited {cfg.slots_wait_s} s for executors). Fix: "
+                f"(master {master}, spark.task.cpus={task_cpus}, waited {cfg.launch.slots_wait_s} s for executors). "
+                "Fix: "
                 f"use --workers {max(1, slots)}, or give the cluster more executors/cores.")
         time.sleep(1.0)
 
@@ -248,7 +250,7 @@ def _exchange_endpoints(ctx: Any, rank: int, host: str) -> tuple[list[Endpoint],
 
 def _worker_context(ctx: Any, spec: WorkerSpec, endpoints: list[Endpoint], rank: int, gpus: str) -> WorkerContext:
     layout = host_layout([e.host for e in endpoints], rank)
-    sizing = size_threads(spec.config.cpus_per_worker, task_cpus=ctx.cpus(),
+    sizing = size_threads(spec.config.launch.cpus_per_worker, task_cpus=ctx.cpus(),
                           gpus=len(gpus.split(",")) if gpus else 0, host=host_cpus(), local_size=layout.local_size)
     return WorkerContext(rank=rank, size=len(endpoints), local_rank=layout.local_rank, local_size=layout.local_size,
                          cross_rank=layout.cross_rank, cross_size=layout.cross_size, host=endpoints[rank].host,
@@ -264,7 +266,7 @@ def _run_task(ctx: Any, spec: WorkerSpec, rank: int) -> dict[str, Any]:
     env: dict[str, str] = {}
     if cfg.backend == "mwms":
         env["TF_CONFIG"] = tf_config(endpoints, rank)
-        if cfg.bind_tf_to_host:
+        if cfg.launch.bind_tf_to_host:
             env.update(_tf_bind_env(host, port))
     if gpus or spec.has_gpu_resources:
         env["CUDA_VISIBLE_DEVICES"] = gpus
@@ -273,8 +275,8 @@ def _run_task(ctx: Any, spec: WorkerSpec, rank: int) -> dict[str, Any]:
         held = hold_port(host, port)  # fault injection: the exchanged port is taken before TF binds it
     try:
         if cfg.backend == "horovod":
-            rendezvous, horovod_vars = _horovod_launch(ctx, wctx, endpoints, interface=cfg.network_interface,
-                                                       timeout_s=cfg.barrier_timeout_s, gpu=bool(gpus))
+            rendezvous, horovod_vars = _horovod_launch(ctx, wctx, endpoints, interface=cfg.launch.network_interface,
+                                                       timeout_s=cfg.launch.barrier_timeout_s, gpu=bool(gpus))
             env.update(horovod_vars)
         return run_worker_process(to_dict(dataclasses.replace(spec, ctx=wctx)), env=env, rank=rank)
     finally:
@@ -306,7 +308,8 @@ def run_attempt(spark: Any, spec: WorkerSpec, *, on_driver: bool, description: s
     """Launch one attempt and return the chief's result: a barrier stage of ``config.workers`` tasks, or, with
     ``on_driver``, a single worker process started by the driver. Raises SparkJobError or LaunchError."""
     if on_driver:
-        sizing = size_threads(spec.config.cpus_per_worker, task_cpus=None, gpus=0, host=host_cpus(), local_size=1)
+        sizing = size_threads(spec.config.launch.cpus_per_worker, task_cpus=None, gpus=0, host=host_cpus(),
+                              local_size=1)
         wctx = WorkerContext(attempt=spec.attempt, cpus=sizing.cpus, cpus_source=sizing.source)
         return run_worker_process(to_dict(dataclasses.replace(spec, ctx=wctx)), env={}, rank=0)
     outputs = run_barrier(spark, spec.config.workers, lambda it: _barrier_task(spec, it), description=description)

@@ -18,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from imagenet_spark.config import VAL_METRICS, TrainConfig
+from imagenet_spark.config import VAL_METRICS
 from imagenet_spark.data import fs
 from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.layout import ModelDir
 from imagenet_spark.train.divergence import check_finite_weights
 from imagenet_spark.train.ema import WeightAverage
+from imagenet_spark.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,11 @@ class CheckpointKeeper:
             best_score=counters.best_score, best_epoch=counters.best_epoch,
             **({"ema": average.trackable} if average else {}))
         self._manager = tf.train.CheckpointManager(self._checkpoint, tf_path(self._dir.checkpoints),
-                                                   max_to_keep=cfg.keep_checkpoints)
+                                                   max_to_keep=cfg.loop.keep_checkpoints)
         self._best_checkpoint = tf.train.Checkpoint(model=model)  # weights only: what the export needs
         self._best_manager = tf.train.CheckpointManager(self._best_checkpoint,
                                                         tf_path(self._dir.best_checkpoints), max_to_keep=1)
-        self._larger_is_better = VAL_METRICS[cfg.best_metric]
+        self._larger_is_better = VAL_METRICS[cfg.output.best_metric]
 
     def restore(self) -> tuple[int, int]:
         """Restore the newest checkpoint, if any; returns the (epoch, step in epoch) to continue from."""
@@ -116,7 +117,7 @@ class CheckpointKeeper:
             self.counters.best_epoch.assign(epoch)
             self._save(self._best_manager, self._best_checkpoint, epoch)
             if self._ctx.is_chief:
-                log.info("best so far: epoch %d, %s=%.4f (%s/%s)", epoch, self._cfg.best_metric, value,
+                log.info("best so far: epoch %d, %s=%.4f (%s/%s)", epoch, self._cfg.output.best_metric, value,
                          ModelDir.CHECKPOINTS, ModelDir.BEST)
 
     def best(self) -> dict[str, Any] | None:
@@ -125,7 +126,7 @@ class CheckpointKeeper:
         if not epoch:
             return None
         sign = 1 if self._larger_is_better else -1
-        return {"epoch": epoch, "metric": self._cfg.best_metric,
+        return {"epoch": epoch, "metric": self._cfg.output.best_metric,
                 "value": float(self.counters.best_score.numpy()) * sign}
 
     def best_weights_path(self) -> str | None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from imagenet_spark.config import TrainConfig
 from imagenet_spark.errors import ImagenetSparkError
+from imagenet_spark.train_config import TrainConfig
 
 
 class TrainingError(ImagenetSparkError, RuntimeError):
@@ -48,8 +48,10 @@ def failure_error(failure: dict[str, Any]) -> TrainingError:
 
 
 def divergence_fix(cfg: TrainConfig) -> str:
-    return (f"Fix: lower base_lr (now {cfg.base_lr:g}; e.g. --set base_lr={cfg.base_lr / 10:g}) or whatever raised "
-            f"the rate (step_factor, schedule), lengthen warmup_epochs (now {cfg.warmup_epochs:g}), and check the "
+    recipe = cfg.recipe
+    return (f"Fix: lower recipe.base_lr (now {recipe.base_lr:g}; e.g. --set recipe.base_lr={recipe.base_lr / 10:g}) "
+            "or whatever raised the rate (recipe.step_factor, recipe.schedule), lengthen recipe.warmup_epochs (now "
+            f"{recipe.warmup_epochs:g}), and check the "
             "data (labels, broken images); then rerun with --overwrite: the checkpoints hold these settings and "
             "a resumed run would diverge again.")
 
@@ -68,7 +70,8 @@ def check_finite_training(cfg: TrainConfig, backend: Any, sums: dict[str, Any], 
     raise DivergedError(
         f"training diverged: {what} is not finite (epoch {epoch} running loss {running_loss}) at global step "
         f"{global_step}, first bad step between {global_step - steps + 1} and {global_step} (checked every "
-        f"{steps} step(s)); learning rate {lr:.4g} there (peak {cfg.learning_rate:.4g} = base_lr {cfg.base_lr:g} x "
+        f"{steps} step(s)); learning rate {lr:.4g} there (peak {cfg.learning_rate:.4g} = base_lr "
+        f"{cfg.recipe.base_lr:g} x "
         f"{cfg.global_batch_size}/256). Nothing was exported and this state was not checkpointed. "
         + divergence_fix(cfg), step=global_step, learning_rate=lr)
 

@@ -16,12 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from imagenet_spark.config import TrainConfig, to_dict
+from imagenet_spark.config import to_dict
 from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.train.checkpoints import CheckpointKeeper
 from imagenet_spark.train.divergence import check_finite_training
 from imagenet_spark.train.faults import FaultInjector
 from imagenet_spark.train.schedules import Schedule
+from imagenet_spark.train_config import TrainConfig
 
 # Present only when the epoch was evaluated (metrics.json omits them otherwise).
 _EVALUATION_FIELDS = ("val_loss", "val_top1", "val_top5", "val_images", "eval_weights")
@@ -111,13 +112,13 @@ def run_epoch(parts: EpochParts, epoch: int, *, start_step: int, global_step: in
         learning_rate=round(parts.schedule(global_step - 1), 6), train_time_s=round(train_time, 2),
         attempt=parts.ctx.attempt, wall_time_s=0.0)
     is_last = epoch == parts.epochs_total - 1
-    evaluate = parts.val_ds is not None and ((epoch + 1) % cfg.eval_every_epochs == 0 or is_last)
+    evaluate = parts.val_ds is not None and ((epoch + 1) % cfg.loop.eval_every_epochs == 0 or is_last)
     with parts.with_average() if evaluate else contextlib.nullcontext():  # checkpoints/best/ keeps what was evaluated
         if evaluate:
             record = dataclasses.replace(record, **_evaluate(parts, tf))
         record = dataclasses.replace(record, wall_time_s=round(time.monotonic() - started, 2))
-        if cfg.export == "best":
-            parts.keeper.keep_if_best(record.epoch, record.metric(cfg.best_metric))
+        if cfg.output.export == "best":
+            parts.keeper.keep_if_best(record.epoch, record.metric(cfg.output.best_metric))
     return record
 
 
@@ -142,7 +143,8 @@ def _train_steps(parts: EpochParts, epoch: int, epoch_steps: int, *, step: int, 
         check_finite_training(cfg, backend, sums, running_loss, global_step=global_step, steps=n, epoch=epoch + 1,
                               lr=parts.schedule(global_step - 1))
         parts.faults.after_steps(global_step)
-        if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0 and step < epoch_steps:
+        every = cfg.loop.checkpoint_every_steps
+        if every and global_step % every == 0 and step < epoch_steps:
             parts.keeper.save(epoch, step)
         parts.progress.after_steps(epoch=epoch + 1, step=step, epoch_steps=epoch_steps, global_step=global_step,
                                    loss=running_loss, steps_run=steps_run, epoch_started=started)
@@ -151,10 +153,10 @@ def _train_steps(parts: EpochParts, epoch: int, epoch_steps: int, *, step: int, 
 
 def _call_length(cfg: TrainConfig, faults: FaultInjector, steps: int, global_step: int) -> int:
     """``steps`` cut so a call ends at the next periodic checkpoint, divergence check and injected fault."""
-    if cfg.checkpoint_every_steps:
-        steps = min(steps, cfg.checkpoint_every_steps - global_step % cfg.checkpoint_every_steps)
-    if cfg.divergence_check_steps:  # the non-finite check runs after every call: bound the gap
-        steps = min(steps, cfg.divergence_check_steps - global_step % cfg.divergence_check_steps)
+    if cfg.loop.checkpoint_every_steps:
+        steps = min(steps, cfg.loop.checkpoint_every_steps - global_step % cfg.loop.checkpoint_every_steps)
+    if cfg.loop.divergence_check_steps:  # the non-finite check runs after every call: bound the gap
+        steps = min(steps, cfg.loop.divergence_check_steps - global_step % cfg.loop.divergence_check_steps)
     return faults.limit(global_step, steps)
 
 

@@ -13,8 +13,8 @@ import logging
 import os
 from dataclasses import dataclass
 
-from imagenet_spark.config import TrainConfig
 from imagenet_spark.distribute.context import WorkerContext
+from imagenet_spark.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ class FaultInjector:
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, ctx: WorkerContext) -> FaultInjector:
-        return cls(fail_at_step=cfg.fail_at_step, fail_rank=cfg.fail_rank, rank=ctx.rank, attempt=ctx.attempt)
+        return cls(fail_at_step=cfg.faults.fail_at_step, fail_rank=cfg.faults.fail_rank, rank=ctx.rank,
+                   attempt=ctx.attempt)
 
     def limit(self, global_step: int, steps: int) -> int:
         """``steps`` shortened so that a call of the step function ends at ``fail_at_step`` (every rank alike)."""

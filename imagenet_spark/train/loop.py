@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from imagenet_spark.config import TrainConfig
 from imagenet_spark.data import fs
 from imagenet_spark.data.augment import AugmentSpec
 from imagenet_spark.data.sharding import ShardPlan
@@ -37,6 +36,7 @@ from imagenet_spark.train.faults import FaultInjector
 from imagenet_spark.train.reporting import EpochLog, ProgressReporter, Reporter
 from imagenet_spark.train.schedules import Schedule, keras_schedule, make_schedule
 from imagenet_spark.train.steps import make_step_functions
+from imagenet_spark.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,13 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
     """The loop behind :func:`train` (which turns a divergence into a structured failure)."""
     backend = _start_backend(cfg, ctx)
     schedule = make_schedule(peak_lr=cfg.learning_rate, steps_per_epoch=plan.steps_per_epoch, epochs=cfg.epochs,
-                             warmup_epochs=cfg.warmup_epochs, warmup_max_fraction=cfg.warmup_max_fraction,
-                             kind=cfg.schedule, step_epochs=cfg.step_epochs,
-                             step_factor=cfg.step_factor)
+                             warmup_epochs=cfg.recipe.warmup_epochs, warmup_max_fraction=cfg.recipe.warmup_max_fraction,
+                             kind=cfg.recipe.schedule, step_epochs=cfg.recipe.step_epochs,
+                             step_factor=cfg.recipe.step_factor)
     model, optimizer, sums, counters = _build(cfg, plan, backend, schedule)
     log.info("launch timing: rank %d model built at %.3f", ctx.rank, time.time())
-    average = WeightAverage(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup,
-                            strategy=backend.strategy) if cfg.ema_decay else None
+    average = WeightAverage(model, decay=cfg.recipe.ema_decay, warmup=cfg.recipe.ema_warmup,
+                            strategy=backend.strategy) if cfg.recipe.ema_decay else None
     train_steps, eval_steps = make_step_functions(cfg, backend, model, optimizer, sums, num_classes=plan.num_classes,
                                                   mean=plan.mean, std=plan.std, average=average)
     # Evaluation, the best epoch's checkpoint and the export see the averaged weights when EMA is on.
@@ -101,7 +101,7 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
         log.info("rank %d: checkpoint already at the planned %d steps; nothing to train", ctx.rank, plan.total_steps)
     iterator, val_ds = _datasets(cfg, ctx, plan, backend, global_step)
     epochs_total = math.ceil(plan.total_steps / plan.steps_per_epoch)
-    end_epoch = min(epochs_total, cfg.stop_at_epoch) if cfg.stop_at_epoch else epochs_total
+    end_epoch = min(epochs_total, cfg.output.stop_at_epoch) if cfg.output.stop_at_epoch else epochs_total
     epoch_log = EpochLog(cfg.model_dir, ctx, start_epoch=start_epoch, epochs_total=epochs_total, report=report)
 
     def after_first_call() -> None:
@@ -113,8 +113,9 @@ def _train(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, *, report: Repor
         iterator=iterator, val_ds=val_ds, val_steps=plan.validation.steps_per_epoch if plan.validation else 0,
         steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps, epochs_total=epochs_total,
         schedule=schedule, keeper=keeper, faults=FaultInjector.from_config(cfg, ctx),
-        progress=ProgressReporter(report, ctx, every_s=cfg.progress_every_s, global_batch_size=cfg.global_batch_size,
-                                  total_steps=plan.total_steps, epochs_total=epochs_total),
+        progress=ProgressReporter(report, ctx, every_s=cfg.loop.progress_every_s,
+                                  global_batch_size=cfg.global_batch_size, total_steps=plan.total_steps,
+                                  epochs_total=epochs_total),
         after_first_call=after_first_call, with_average=with_average, eval_weights="ema" if average else "raw")
     last: dict[str, Any] = epoch_log.history[-1] if epoch_log.history else {}
     for epoch in range(start_epoch, end_epoch):
@@ -142,11 +143,11 @@ def _start_backend(cfg: TrainConfig, ctx: WorkerContext) -> Any:
     if not configure_threads(ctx.cpus):  # before TensorFlow's runtime starts (the backend starts it)
         log.warning("rank %d: TensorFlow had already started: its thread pools keep their default size", ctx.rank)
     backend = make_backend(cfg.backend, ctx,  # before any other TensorFlow op
-                           horovod_fp16_allreduce=cfg.horovod_fp16_allreduce)
+                           horovod_fp16_allreduce=cfg.recipe.horovod_fp16_allreduce)
     import tensorflow as tf
 
     log.info("launch timing: rank %d backend ready at %.3f", ctx.rank, time.time())
-    tf.keras.utils.set_random_seed(cfg.seed)
+    tf.keras.utils.set_random_seed(cfg.input.seed)
     per_worker = cfg.per_worker_batch
     if per_worker % backend.local_replicas:
         raise TrainingError(f"global_batch_size={cfg.global_batch_size}: the per-worker batch {per_worker} does not "
@@ -163,11 +164,12 @@ def _build(cfg: TrainConfig, plan: RunPlan, backend: Any, schedule: Schedule) ->
     from imagenet_spark.models import build
 
     with backend.scope():
-        model = build(cfg.model, num_classes=plan.num_classes, image_size=plan.image_size, batch_norm=cfg.batch_norm,
-                      dropout=cfg.dropout, bn_momentum=cfg.bn_momentum, dtype_policy=cfg.precision)
-        optimizer: Any = tf.keras.optimizers.SGD(learning_rate=keras_schedule(schedule), momentum=cfg.momentum,
-                                                 nesterov=cfg.nesterov)
-        if cfg.precision == "mixed_float16":
+        model = build(cfg.model, num_classes=plan.num_classes, image_size=plan.image_size,
+                      batch_norm=cfg.recipe.batch_norm, dropout=cfg.recipe.dropout,
+                      bn_momentum=cfg.recipe.bn_momentum, dtype_policy=cfg.recipe.precision)
+        optimizer: Any = tf.keras.optimizers.SGD(learning_rate=keras_schedule(schedule), momentum=cfg.recipe.momentum,
+                                                 nesterov=cfg.recipe.nesterov)
+        if cfg.recipe.precision == "mixed_float16":
             optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
         sums = {name: tf.keras.metrics.Sum(name=name) for name in
                 ("loss", "top1", "top5", "count", "val_loss", "val_top1", "val_top5", "val_count", "nonfinite")}
@@ -181,7 +183,7 @@ def _datasets(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, backend: Any,
     from imagenet_spark.data.reader import train_dataset
 
     # A relaunch (a retry, or the next segment of a paused run) reshuffles instead of replaying the first batches.
-    seed = cfg.seed + 7919 * ctx.attempt + 104729 * global_step
+    seed = cfg.input.seed + 7919 * ctx.attempt + 104729 * global_step
     train_ds = backend.distribute(lambda: train_dataset(
         data=cfg.data, cfg=cfg, ctx=ctx, plan=plan.train, num_classes=plan.num_classes,
         image_size=plan.image_size, seed=seed, augment=plan.augment))
@@ -206,12 +208,12 @@ def _finish(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, backend: Any, m
     # A resumed run whose newest checkpoint is already broken reaches here without training a step.
     check_finite_weights(cfg, weights, what="the export", step=global_step, lr=None)
     if ctx.is_chief:
-        best_path = keeper.best_weights_path() if cfg.export == "best" else None
-        if cfg.export == "best" and not best_path:
+        best_path = keeper.best_weights_path() if cfg.output.export == "best" else None
+        if cfg.output.export == "best" and not best_path:
             log.warning("export=best but no evaluated epoch was kept (no validation metric %s): exporting the last "
-                        "weights", cfg.best_metric)
+                        "weights", cfg.output.best_metric)
         _export(cfg, plan, weights, best_checkpoint=best_path)
-    return {"exported": "best" if cfg.export == "best" and keeper.best() else "last", **consistency}
+    return {"exported": "best" if cfg.output.export == "best" and keeper.best() else "last", **consistency}
 
 
 def _export(cfg: TrainConfig, plan: RunPlan, weights: list[Any], *, best_checkpoint: str | None = None) -> None:
@@ -223,8 +225,9 @@ def _export(cfg: TrainConfig, plan: RunPlan, weights: list[Any], *, best_checkpo
     from imagenet_spark.serving.export import export_saved_model
 
     with tf.distribute.get_strategy().scope():
-        plain = build(cfg.model, num_classes=plan.num_classes, image_size=plan.image_size, batch_norm=cfg.batch_norm,
-                      dropout=cfg.dropout, bn_momentum=cfg.bn_momentum, dtype_policy=cfg.precision)
+        plain = build(cfg.model, num_classes=plan.num_classes, image_size=plan.image_size,
+                      batch_norm=cfg.recipe.batch_norm, dropout=cfg.recipe.dropout,
+                      bn_momentum=cfg.recipe.bn_momentum, dtype_policy=cfg.recipe.precision)
     if best_checkpoint:
         tf.train.Checkpoint(model=plain).restore(best_checkpoint).expect_partial()
         log.info("exporting the best epoch's weights from %s", best_checkpoint)

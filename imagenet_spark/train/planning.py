@@ -11,7 +11,7 @@ import json
 import logging
 
 from imagenet_spark import jsonio, ownership
-from imagenet_spark.config import TrainConfig, changed_settings, to_dict
+from imagenet_spark.config import changed_settings, to_dict
 from imagenet_spark.data import fs
 from imagenet_spark.data.augment import augment_spec
 from imagenet_spark.data.schema import DatasetError
@@ -20,6 +20,7 @@ from imagenet_spark.models import eval_resize_for
 from imagenet_spark.models import info as model_info
 from imagenet_spark.train.loop import RunPlan
 from imagenet_spark.train.schedules import steps_for, warmup_clamp_note
+from imagenet_spark.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,15 @@ def make_run_plan(cfg: TrainConfig) -> RunPlan:
     image_size = cfg.image_size or info.image_size
     eval_resize = info.eval_resize if cfg.image_size is None else eval_resize_for(image_size)
     train = load_plan(cfg.data, "train", workers=cfg.workers, per_worker_batch=cfg.per_worker_batch,
-                      shard_by=cfg.shard_by, drop_remainder=True)
+                      shard_by=cfg.input.shard_by, drop_remainder=True)
     validation = None
     if dataset.has_split("validation"):
         validation = load_plan(cfg.data, "validation", workers=cfg.workers, per_worker_batch=cfg.per_worker_batch,
                                drop_remainder=False)
-    if cfg.export == "best" and validation is None:
-        raise DatasetError(f"export='best' keeps the epoch with the best {cfg.best_metric}, but {cfg.data} has no "
-                           "validation split. Fix: --set export=last, or partition a dataset with validation images.")
+    if cfg.output.export == "best" and validation is None:
+        raise DatasetError(f"export='best' keeps the epoch with the best {cfg.output.best_metric}, but {cfg.data} has "
+                           "no validation split. Fix: --set output.export=last, or partition a dataset with validation "
+                           "images.")
     total = steps_for(cfg.epochs, train.steps_per_epoch)
     augment = augment_spec(cfg, eval_resize=eval_resize)
     manifest = json.loads(fs.read_text(dataset.manifest))
@@ -54,12 +56,12 @@ def make_run_plan(cfg: TrainConfig) -> RunPlan:
                    total_steps=total, resize_short=manifest.get("config", {}).get("resize_short"),
                    augment=augment)
     log.info("train transform: %s", augment.describe())
-    clamp = warmup_clamp_note(cfg.warmup_epochs, cfg.epochs, cfg.warmup_max_fraction)
+    clamp = warmup_clamp_note(cfg.recipe.warmup_epochs, cfg.epochs, cfg.recipe.warmup_max_fraction)
     if clamp:  # logged here only: the workers build the same schedule silently
         log.info("%s", clamp)
     log.info("plan: %d classes, %d train images -> %d workers x %d per step, %d steps/epoch, %d steps total; "
              "peak lr %.4g (base %.4g x %d/256); validation %s", plan.num_classes, train.total_rows, cfg.workers,
-             cfg.per_worker_batch, train.steps_per_epoch, total, cfg.learning_rate, cfg.base_lr,
+             cfg.per_worker_batch, train.steps_per_epoch, total, cfg.learning_rate, cfg.recipe.base_lr,
              cfg.global_batch_size, f"{validation.total_rows} images" if validation else "none")
     return plan
 

@@ -89,8 +89,8 @@ def warmup_clamp_note(warmup_epochs: float, epochs: float, max_fraction: float) 
     used = effective_warmup_epochs(warmup_epochs, epochs, max_fraction)
     if used >= warmup_epochs:
         return None
-    return (f"warmup: {warmup_epochs:g} epoch(s) asked, {used:g} used: at most warmup_max_fraction={max_fraction:g} "
-            f"of the {epochs:g}-epoch run")
+    return (f"warmup: {warmup_epochs:g} epoch(s) asked, {used:g} used: at most "
+            f"recipe.warmup_max_fraction={max_fraction:g} of the {epochs:g}-epoch run")
 
 
 def make_schedule(*, peak_lr: float, steps_per_epoch: int, epochs: float, warmup_epochs: float, kind: str,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from imagenet_spark.config import TrainConfig
 from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.distribute.progress import ProgressEndpoint
 from imagenet_spark.train.loop import RunPlan
+from imagenet_spark.train_config import TrainConfig
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from imagenet_spark.config import TrainConfig
 from imagenet_spark.data.augment import normalize
 from imagenet_spark.train.ema import WeightAverage
+from imagenet_spark.train_config import TrainConfig
 
 StepFn = Callable[..., Any]
 
@@ -78,7 +78,7 @@ def _make_forward_backward(cfg: TrainConfig, backend: Any, model: Any, optimizer
     from imagenet_spark.models import decay_variables
 
     decay = decay_variables(model)
-    smoothing = cfg.label_smoothing
+    smoothing = cfg.recipe.label_smoothing
     loss_batch = backend.loss_batch(cfg.global_batch_size)
 
     def forward_backward(images: Any, labels: Any) -> tuple[Any, Any, Any]:
@@ -86,16 +86,16 @@ def _make_forward_backward(cfg: TrainConfig, backend: Any, model: Any, optimizer
             logits = tf.cast(model(normalise(images), training=True), tf.float32)  # fused by XLA when on
             per_example = per_example_loss(labels, logits, smoothing)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=loss_batch)
-            if cfg.weight_decay and decay:
-                l2 = cfg.weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in decay])
+            if cfg.recipe.weight_decay and decay:
+                l2 = cfg.recipe.weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in decay])
                 loss += l2 / backend.replicas_summing_gradients
-            scaled = optimizer.get_scaled_loss(loss) if cfg.precision == "mixed_float16" else loss
+            scaled = optimizer.get_scaled_loss(loss) if cfg.recipe.precision == "mixed_float16" else loss
         grads = tape.gradient(scaled, model.trainable_variables)
-        if cfg.precision == "mixed_float16":
+        if cfg.recipe.precision == "mixed_float16":
             grads = optimizer.get_unscaled_gradients(grads)
         return grads, per_example, logits
 
-    return tf.function(forward_backward, jit_compile=True) if cfg.xla else forward_backward
+    return tf.function(forward_backward, jit_compile=True) if cfg.recipe.xla else forward_backward
 
 
 def _make_nonfinite_counter(cfg: TrainConfig, sums: dict[str, Any]) -> Callable[[Any, Any], None]:
@@ -106,7 +106,7 @@ def _make_nonfinite_counter(cfg: TrainConfig, sums: dict[str, Any]) -> Callable[
     scale), so there only the loss counts as divergence."""
     import tensorflow as tf
 
-    check_gradients = cfg.precision != "mixed_float16"
+    check_gradients = cfg.recipe.precision != "mixed_float16"
 
     def count_nonfinite(per_example: Any, grads: Any) -> None:
         bad = tf.logical_not(tf.math.is_finite(tf.reduce_sum(per_example)))
