@@ -33,13 +33,13 @@ setup:  ## create $(VENV) with the pinned stack (+ Horovod on legacy); idempoten
 demo: setup  ## the whole product on fake data: partition -> 2-worker barrier training -> export -> predict -> report
 	@VENV=$(VENV) DEMO=$(DEMO) bash tools/demo.sh
 
-test: setup  ## default stack: the whole suite, slow and cluster tests included; the other: TEST_MARKERS (CI runs both)
+test: setup lint  ## lint (current stack), then the default stack: the whole suite, slow and cluster tests included; the other: TEST_MARKERS (CI runs both)
 	$(PY) -m pytest $(if $(TEST_MARKERS),-m "$(TEST_MARKERS)") $(PYTEST_ARGS)
 
 test-cluster: setup  ## only the cluster tests: local-cluster, a standalone master + 2 workers on 127.0.0.1
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
-test-fast: setup  ## skip slow/cluster tests
+test-fast: setup lint  ## lint, then skip slow/cluster tests
 	$(PY) -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
 
 # The gates run on the current stack only: ruff and mypy are pinned in both locks, but the legacy stack's

@@ -9,11 +9,13 @@ import json
 import logging
 import sys
 import typing
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from imagenet_spark import logs
 from imagenet_spark.config import Backend, ConfigError, Export, Layout, Metric, PartitionConfig, ShardBy, resolve
 from imagenet_spark.errors import ImagenetSparkError
+from imagenet_spark.search import Sampler
 
 log = logging.getLogger("imagenet_spark")
 
@@ -74,7 +76,7 @@ def run_partition_cli(args: argparse.Namespace) -> int:
     spark = build_session("imagenet-spark partition", master=args.master)
     ship_package(spark)
     result = run_partition(spark, cfg)
-    summary = {k: result[k] for k in ("totals", "split_sizes", "row_groups", "rejects_by_reason",
+    summary: dict[str, Any] = {k: result[k] for k in ("totals", "split_sizes", "row_groups", "rejects_by_reason",
                                       "conversion_counts", "bytes", "wall_time_s", "images_per_s") if k in result}
     if cfg.dry_run:
         summary = result
@@ -134,7 +136,7 @@ def _run_barrier_job(app_name: str, master: str, work: Callable[[Any], str]) -> 
         rc = 0
     except ImagenetSparkError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
-    except Exception:  # noqa: BLE001 - same reason: report before the session ends
+    except Exception:
         log.exception("%s failed", app_name)
     finally:
         end_session(spark, rc)
@@ -162,7 +164,7 @@ def tune_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     parser.add_argument("--max-trials", dest="max_trials", type=int, help="trials in all")
     parser.add_argument("--max-parallel-trials", dest="max_parallel_trials", type=int,
                         help="trials at once, when the cluster has slots for them")
-    parser.add_argument("--sampler", choices=["tpe", "random"])
+    parser.add_argument("--sampler", choices=typing.get_args(Sampler))
     parser.add_argument("--metric", choices=typing.get_args(Metric))
     parser.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier search there")
     parser.add_argument("--resume", action="store_true", default=None,
@@ -179,7 +181,8 @@ _TUNE_FLAGS = ("data", "model_dir", "max_trials", "max_parallel_trials", "sample
 def run_tune_cli(args: argparse.Namespace) -> int:
     import os
 
-    from imagenet_spark.jobs.tune import TuneConfig, run_search
+    from imagenet_spark.jobs.tune import run_search
+    from imagenet_spark.search import TuneConfig
 
     cfg = resolve(TuneConfig, preset=args.config, overrides=args.overrides, explicit=_explicit(args, _TUNE_FLAGS))
     preset_dir = os.path.dirname(os.path.abspath(args.config)) if args.config else None

@@ -9,7 +9,7 @@ Settings of a config class may live in sections (TrainConfig's, in train_config.
 key (``recipe.base_lr``) everywhere, and the old flat names (``--set base_lr=0.2``, flat presets, a flat
 config.json of an older model dir) still work, mapped through ``flat_names`` with one deprecation warning.
 
-Why this module is over 400 lines: the generic machinery (coercion, presets, dotted keys, resume comparison) is
+Why this size: the generic machinery (coercion, presets, dotted keys, resume comparison) is
 one contract; TrainConfig and its sections live in train_config.py, PartitionConfig (one job's flat options) here.
 """
 

@@ -50,6 +50,7 @@ class ModelDir:
     SAVED_MODEL: ClassVar[str] = "saved_model"
     CONFIG_JSON: ClassVar[str] = "config.json"
     MODEL_INFO: ClassVar[str] = "model_info.json"  # in saved_model/assets/: input size, resize, labels count
+    RUN_POINTER: ClassVar[str] = "mlflow_run.json"  # which tracking store and run hold this training
     REPORT: ClassVar[str] = "report"
     TRIALS_JSON: ClassVar[str] = "trials.json"
     TRIALS_CSV: ClassVar[str] = "trials.csv"
@@ -95,6 +96,10 @@ class ModelDir:
     @property
     def model_info(self) -> str:
         return self.join(self.SAVED_MODEL, SAVED_MODEL_ASSETS, self.MODEL_INFO)
+
+    @property
+    def run_pointer(self) -> str:
+        return self.join(self.RUN_POINTER)
 
     @property
     def report(self) -> str:

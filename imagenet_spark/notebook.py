@@ -24,7 +24,8 @@ import os
 import re
 import sys
 import tempfile
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from imagenet_spark.errors import ImagenetSparkError
 
@@ -45,7 +46,7 @@ def _namespace(namespace: Mapping[str, Any] | None) -> Mapping[str, Any]:
     main = sys.modules.get("__main__")
     found: dict[str, Any] = dict(vars(main)) if main is not None else {}
     try:  # IPython kernels whose user namespace is not __main__'s
-        from IPython import get_ipython  # type: ignore[import-not-found]
+        from IPython import get_ipython  # type: ignore[import-not-found, unused-ignore]  # not every env has it
 
         shell = get_ipython()
         if shell is not None:

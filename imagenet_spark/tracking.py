@@ -43,6 +43,7 @@ from urllib.parse import urlparse
 
 from imagenet_spark.data import fs
 from imagenet_spark.errors import ImagenetSparkError
+from imagenet_spark.layout import LABELS, ModelDir
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from imagenet_spark.train_config import TrainConfig
@@ -51,9 +52,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "imagenet-spark"
 #: Written into the model dir: which tracking store and run hold this training (read by the report).
-RUN_POINTER = "mlflow_run.json"
+RUN_POINTER = ModelDir.RUN_POINTER
 #: Model dir entries logged as artifacts by :meth:`Tracker.finish` (those that exist).
-ARTIFACTS = ("saved_model", "labels.txt", "metrics.json", "config.json")
+ARTIFACTS = (ModelDir.SAVED_MODEL, LABELS, ModelDir.METRICS, ModelDir.CONFIG_JSON)
 #: Record keys that are not metrics: the step itself, the planned total, the message kind.
 _NOT_METRICS = frozenset({"epoch", "epochs", "event"})
 _STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -258,7 +259,7 @@ class Tracker:
     def _previous_run(self, model_dir: str, uri: str) -> str | None:
         """The run id recorded in the model dir by an earlier driver on the same store (a resumed training)."""
         try:
-            pointer = json.loads(fs.read_text(fs.join(model_dir, RUN_POINTER)))
+            pointer = json.loads(fs.read_text(ModelDir(model_dir).run_pointer))
         except (OSError, ValueError):
             return None
         return pointer.get("run_id") if pointer.get("tracking_uri") == uri else None
@@ -266,7 +267,7 @@ class Tracker:
     def _write_pointer(self, model_dir: str) -> None:
         try:
             fs.make_dirs(model_dir)
-            fs.write_text_atomic(fs.join(model_dir, RUN_POINTER), json.dumps(
+            fs.write_text_atomic(ModelDir(model_dir).run_pointer, json.dumps(
                 {"tracking_uri": self.tracking_uri, "experiment": self.experiment, "experiment_id": self.experiment_id,
                  "run_id": self.run_id}, indent=1))
         except OSError as exc:  # the pointer is a convenience; the run itself is recorded

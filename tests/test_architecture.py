@@ -11,8 +11,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,7 +22,6 @@ def _package_map():  # tools/ is not a package: load the script as a module
     return module
 
 
-@pytest.mark.xfail(strict=True, reason="the reshape of issue #12 is landing in pieces; removed when it is whole")
 def test_the_package_keeps_its_layers_sizes_and_owners() -> None:
     pm = _package_map()
     modules = pm.scan(ROOT)

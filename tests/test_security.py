@@ -43,7 +43,7 @@ class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204 - pickle protocol
+    def __reduce__(self):
         return exec, (f"import os; os.mkdir({str(self.marker)!r})",)
 
 

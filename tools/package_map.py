@@ -36,7 +36,7 @@ CONTRACT_NAMES = frozenset({
     "saved_model", "labels.txt", "metrics.json", "config.json", "checkpoints", "tensorboard", "model_info.json",
     "trials.json", "trials.csv", "manifest.json", "run.json", "_staging", "_tasks", "_publishing.json",
     "_plan.json", "_inputs.json.zlib", "_common_metadata", ".imagenet-spark.json",
-    ".imagenet-spark.lease", ".imagenet-spark-preflight",
+    ".imagenet-spark.lease", ".imagenet-spark-preflight", "mlflow_run.json",
 })
 CONTRACT_OWNER = "layout"
 # Top-level modules that are front doors over the drivers (allowed to import jobs/ and spark/).

@@ -343,7 +343,7 @@ def read_bytes(uri: str, offset: int = -1, size: int = -1) -> bytes:
 def open_input(uri: str) -> BinaryIO:
     """A seekable binary file object (for tarfile on archives)."""
     fs, path = resolve(uri)
-    return fs.open_input_file(path)  # type: ignore[return-value]
+    return fs.open_input_file(path)
 
 
 def read_text(uri: str) -> str:

@@ -19,7 +19,8 @@ TensorFlow is imported inside the functions: the driver imports this package wit
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # The op subset, in the order the op index draws them. "equalize" is histogram equalisation per channel
 # (PIL's ImageOps.equalize rule), cheap here: one 256-bin count per channel.
@@ -230,6 +231,6 @@ def randaugment(image: Any, *, layers: int, magnitude: float, seed: Any) -> Any:
         index = tf.random.stateless_uniform([], seed=draws[2 * layer], minval=0, maxval=len(ops), dtype=tf.int32)
         sign = tf.where(tf.random.stateless_uniform([], seed=draws[2 * layer + 1]) < 0.5, -1.0, 1.0)
         current = tf.cast(image, tf.float32)
-        branches = [(lambda op=op: _quantize(op(current, level, sign))) for op in ops]
+        branches = [(lambda op=op, current=current, sign=sign: _quantize(op(current, level, sign))) for op in ops]
         image = tf.ensure_shape(tf.switch_case(index, branches), static_shape)
     return image

@@ -8,8 +8,9 @@ for many layouts, without Spark or TensorFlow.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from imagenet_spark.errors import ImagenetSparkError
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,7 +22,7 @@ class WorkerContext:
     # decided where the task starts, with where the number came from and the task's spark.task.cpus.
     cpus: int = 0
     cpus_source: str = "unsized"
-    task_cpus: Optional[int] = None
+    task_cpus: int | None = None
 
     @property
     def is_chief(self) -> bool:
@@ -32,5 +32,5 @@ class WorkerContext:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "WorkerContext":
+    def from_dict(cls, values: dict[str, Any]) -> WorkerContext:
         return cls(**values)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from imagenet_spark.distribute.backends import Backend, BackendError
 from imagenet_spark.distribute.context import WorkerContext
@@ -159,7 +160,7 @@ def make_horovod_backend(ctx: WorkerContext, *, fp16_allreduce: bool = False) ->
     hvd = _import_horovod()
     try:
         hvd.init()
-    except Exception as exc:  # noqa: BLE001 - horovod raises plain exceptions for rendezvous failures
+    except Exception as exc:
         raise BackendError(f"backend='horovod': hvd.init() failed on rank {ctx.rank}: {exc}. Fix: check that the "
                            "executors can reach each other on launch.network_interface (set --set "
                            "launch.network_interface=IFACE to the interface carrying the executors' "

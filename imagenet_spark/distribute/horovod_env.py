@@ -23,8 +23,9 @@ import ipaddress
 import logging
 import socket
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from imagenet_spark.distribute.cluster import host_layout
 from imagenet_spark.errors import ImagenetSparkError
@@ -131,7 +132,7 @@ def choose_iface(host: str) -> str | None:
         wanted.add(ipaddress.ip_address(host.split("%")[0]))
     except ValueError:  # a name: every address it resolves to
         try:
-            wanted.update(ipaddress.ip_address(info[4][0].split("%")[0])
+            wanted.update(ipaddress.ip_address(str(info[4][0]).split("%")[0])
                           for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP))
         except (OSError, ValueError):
             return None
@@ -213,7 +214,7 @@ class Rendezvous:
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
-        class _Server(RendezvousHTTPServer):  # type: ignore[misc, valid-type]
+        class _Server(RendezvousHTTPServer):  # type: ignore[misc, valid-type, unused-ignore]  # Any where horovod is absent
             address_family = family
             daemon_threads = True  # a handler stuck on a dead worker's socket must not keep the task alive
 

@@ -18,7 +18,7 @@ import logging
 import os
 import typing
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class ThreadSizing:
     def sized(self) -> bool:
         return self.cpus > 0
 
-    def describe(self, rank: int, task_cpus: Optional[int]) -> str:
+    def describe(self, rank: int, task_cpus: int | None) -> str:
         """The start-of-worker log line: ``rank 0: 2 CPUs (spark.task.cpus=2): intra-op 2, inter-op 2, tf.data 2``."""
         seen = f"spark.task.cpus={task_cpus}" if task_cpus is not None else "no Spark task"
         if not self.sized:
@@ -55,7 +55,7 @@ def host_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def size_threads(cpus_per_worker: Optional[int], *, task_cpus: Optional[int], gpus: int, host: int,
+def size_threads(cpus_per_worker: int | None, *, task_cpus: int | None, gpus: int, host: int,
                  local_size: int) -> ThreadSizing:
     """The rule, pure: how many CPUs a worker sizes its pools to.
 

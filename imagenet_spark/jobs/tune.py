@@ -205,7 +205,7 @@ def _run_trial(spark: Any, cfg: TuneConfig, study: Any, trial: Any, record: Tria
             raise TuneError(f"{cfg.metric} was never recorded (no validation split, or eval_every_epochs too large)")
         record.status = "completed"
         study.tell(trial, record.best)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure ends this trial, recorded with its typed kind; the search goes on
         record.status = "failed"
         record.failure = str(getattr(type(exc), "kind", "error"))  # typed (DivergedError.kind), not from the text
         record.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]

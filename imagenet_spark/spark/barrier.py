@@ -69,7 +69,7 @@ def available_slots(spark: Any) -> int:
     try:
         profile = jsc.resourceProfileManager().defaultResourceProfile()
         return int(jsc.maxNumConcurrentTasks(profile))
-    except Exception:
+    except Exception:  # noqa: BLE001 - a JVM without the resource-profile API (py4j raises anything): fall back
         return int(sc.defaultParallelism)
 
 
@@ -172,7 +172,7 @@ def _horovod_problem(wctx: WorkerContext, hosts: list[str], interface: str | Non
 
         problem = f"backend='horovod': cannot start the Horovod rendezvous server ({exc}). {INSTALL_HINT}"
         return None, _RendezvousOffer(rank=wctx.rank, port=0, problem=problem, kind="backend"), iface
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - must reach the exchange, so every rank fails together
         problem = f"backend='horovod': {type(exc).__name__}: {exc}"
         return server, _RendezvousOffer(rank=wctx.rank, port=0, problem=problem), iface
 

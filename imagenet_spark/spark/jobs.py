@@ -16,8 +16,9 @@ import shutil
 import socket
 import threading
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from imagenet_spark.errors import ImagenetSparkError
 
@@ -157,7 +158,7 @@ def _guarded(fn: Callable[[dict[str, Any]], dict[str, Any]], writes_to: str | No
     keeps the errno, path, host and free space as data, so the driver can say it in one line."""
     try:
         return fn(task)
-    except Exception as exc:  # noqa: BLE001 - every other exception is re-raised unchanged
+    except Exception as exc:
         found = describe_disk_full(exc, writes_to=writes_to, task=str(task.get("id", "")))
         if found is None:
             raise
@@ -223,7 +224,7 @@ def job_group(spark: Any, description: str, *, progress_interval: float | None =
         progress.start()
     try:
         yield
-    except Exception as exc:  # noqa: BLE001 - py4j raises Py4JJavaError; we re-raise with context
+    except Exception as exc:
         sc.cancelJobGroup(group)
         raise SparkJobError(f"{description}: Spark job failed: {_first_line(exc)}") from exc
     finally:

@@ -65,7 +65,7 @@ def end_session(spark: Any, exit_code: int) -> None:
         logging.disable(logging.CRITICAL)  # py4j reports the connection the exit cuts; that is expected, not news
         try:
             jvm.java.lang.System.exit(exit_code)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the JVM going away mid-call is the expected outcome
             pass
 
 
