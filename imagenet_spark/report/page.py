@@ -31,11 +31,12 @@ def summary_rows(record: RunRecord) -> list[tuple[str, str]]:
     last = history[-1]
     rows: list[tuple[str, str]] = [("model dir", record.model_dir)]
     if cfg:
+        peak = float(cfg["recipe.base_lr"]) * float(cfg["global_batch_size"]) / 256
         rows += [("model", f"{cfg.get('model')} (image size {cfg.get('image_size') or 'default'})"),
                  ("data", str(cfg.get("data"))),
                  ("workers / backend", f"{cfg.get('workers')} / {cfg.get('backend')}"),
                  ("global batch / peak lr", f"{cfg.get('global_batch_size')} / "
-                                            f"{float(cfg['base_lr']) * float(cfg['global_batch_size']) / 256:.4g}"),
+                                            f"{peak:.4g}"),
                  ("epochs", f"{len(history)} of {cfg.get('epochs'):g}" if isinstance(cfg.get("epochs"), (int, float))
                   else str(len(history)))]
     spe = steps_per_epoch(history, cfg.get("epochs"))

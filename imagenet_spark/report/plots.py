@@ -91,7 +91,7 @@ def plot_curves(record: RunRecord) -> Figure:
     """Loss, top-1 and top-5 per epoch, train and validation."""
     fig = new_figure(CURVES_SIZE)
     axes = fig.subplots(1, 3)
-    smoothing = (record.config or {}).get("label_smoothing")
+    smoothing = (record.config or {}).get("recipe.label_smoothing")
     panels = (("Loss", "loss", "val_loss"), ("Top-1 accuracy", "top1", "val_top1"),
               ("Top-5 accuracy", "top5", "val_top5"))
     for ax, (title, train_key, val_key) in zip(axes, panels):
@@ -126,18 +126,19 @@ def plot_learning_rate(record: RunRecord) -> Figure:
     spe = steps_per_epoch(record.history, cfg.get("epochs"))
     title = "Learning rate"
     if cfg and spe:
-        peak = float(cfg["base_lr"]) * float(cfg["global_batch_size"]) / 256
+        peak = float(cfg["recipe.base_lr"]) * float(cfg["global_batch_size"]) / 256
         schedule = make_schedule(peak_lr=peak, steps_per_epoch=spe, epochs=float(cfg["epochs"]),
-                                 warmup_epochs=float(cfg.get("warmup_epochs", 0.0)), kind=str(cfg.get("schedule")),
+                                 warmup_epochs=float(cfg.get("recipe.warmup_epochs", 0.0)),
+                                 kind=str(cfg.get("recipe.schedule")),
                                  # runs from before the setting: warmup had to be shorter than the run, no clamp
-                                 warmup_max_fraction=float(cfg.get("warmup_max_fraction", 1.0)),
-                                 step_epochs=tuple(cfg.get("step_epochs") or ()),
-                                 step_factor=float(cfg.get("step_factor", 0.1)))
+                                 warmup_max_fraction=float(cfg.get("recipe.warmup_max_fraction", 1.0)),
+                                 step_epochs=tuple(cfg.get("recipe.step_epochs") or ()),
+                                 step_factor=float(cfg.get("recipe.step_factor", 0.1)))
         stride = max(1, schedule.total_steps // 2000)
         steps = list(range(0, schedule.total_steps, stride)) + [schedule.total_steps - 1]
         ax.plot([s / spe for s in steps], [schedule(s) for s in steps], "-", color="C0",
                 label=f"schedule per step ({spe} steps/epoch)")
-        title = (f"Learning rate: {schedule.kind}, peak {peak:.4g} (base_lr {float(cfg['base_lr']):g} x "
+        title = (f"Learning rate: {schedule.kind}, peak {peak:.4g} (base_lr {float(cfg['recipe.base_lr']):g} x "
                  f"{cfg['global_batch_size']}/256), warmup {schedule.warmup_steps / spe:g} epoch(s)")
         per_epoch = spe
 

@@ -8,10 +8,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from imagenet_spark.config import dotted_settings
 from imagenet_spark.data import fs
 from imagenet_spark.errors import ImagenetSparkError
 from imagenet_spark.layout import ModelDir
 from imagenet_spark.tracking import RUN_POINTER
+from imagenet_spark.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +58,8 @@ def load_run(model_dir: str) -> RunRecord:
 
     config = optional(layout.config_json)
     return RunRecord(model_dir=model_dir, history=tuple(sorted(history, key=lambda r: r["epoch"])),
-                     config=_flat_settings(config) if config is not None else None,
+                     config=dotted_settings(TrainConfig, config) if config is not None else None,
                      mlflow=optional(layout.join(RUN_POINTER)))
-
-
-def _flat_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """config.json with each section's settings also under its flat name (``recipe.base_lr`` as ``base_lr``).
-
-    Why: runs written since TrainConfig has sections nest their settings, runs written before are flat, and a
-    report must read both; a section's key is ``section.name`` with ``name`` the old flat name, so one level
-    of lifting gives every run the flat view. A setting already named at the top level wins.
-    """
-    out = dict(config)
-    for value in config.values():
-        if isinstance(value, Mapping):
-            for name, setting in value.items():
-                out.setdefault(name, setting)
-    return out
 
 
 def steps_per_epoch(history: Sequence[Mapping[str, Any]], epochs: float | None) -> int | None:
