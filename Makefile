@@ -29,6 +29,8 @@ export STACK VENV
 
 setup:  ## create $(VENV) with the pinned stack (+ Horovod on legacy); idempotent, keyed on the lock files
 	@bash tools/setup_env.sh
+	@# The driver JVM's class archive (spark/jvm.py): halves Spark's start; built once per Java + Spark.
+	@$(PY) -m imagenet_spark.cli jvm-archive --log-level WARNING || echo "setup: no JVM class archive (Spark starts slower; README, Performance)"
 
 demo: setup  ## the whole product on fake data: partition -> 2-worker barrier training -> export -> predict -> report
 	@VENV=$(VENV) DEMO=$(DEMO) bash tools/demo.sh

@@ -128,7 +128,7 @@ def _run_barrier_job(app_name: str, master: str, work: Callable[[Any], str]) -> 
     from imagenet_spark.spark.session import build_session, end_session, ship_package
 
     check_submitted_conf(barrier=True)
-    spark = build_session(app_name, master=master)
+    spark = build_session(app_name, master=master, short_driver=True)  # the driver waits on its workers
     rc = 1
     try:
         ship_package(spark)
@@ -297,6 +297,25 @@ def run_summary_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def jvm_archive_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--force", action="store_true", help="rebuild it even when it exists")
+    parser.add_argument("--print-options", action="store_true",
+                        help="only print the driver JVM options (for spark-submit --driver-java-options)")
+    parser.add_argument("--log-level", default=None)
+    return parser
+
+
+def run_jvm_archive_cli(args: argparse.Namespace) -> int:
+    """Build the class archive that halves the driver JVM's start (spark/jvm.py), or print the options using it."""
+    from imagenet_spark.spark.jvm import build_archive, driver_java_options
+
+    if args.print_options:  # on stdout, for $(...): the one output of this command that is data, not a log line
+        sys.stdout.write(" ".join(driver_java_options(short_driver=True)) + "\n")
+        return 0
+    build_archive(force=args.force)
+    return 0
+
+
 _COMMANDS: dict[str, tuple[str, Callable[..., argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     "partition": ("raw images → Petastorm Parquet (same flags as jobs/partition.py)", partition_parser,
                   run_partition_cli),
@@ -308,6 +327,8 @@ _COMMANDS: dict[str, tuple[str, Callable[..., argparse.ArgumentParser], Callable
                 run_predict_cli),
     "report": ("render curves, LR schedule, throughput and a prediction grid to PNG + report.html", _report_parser,
                _run_report_cli),
+    "jvm-archive": ("write the class archive that cuts the Spark driver JVM's start (make setup runs it)",
+                    jvm_archive_parser, run_jvm_archive_cli),
     "summary": ("print a dataset's counts, rejects, conversions and row groups", summary_parser, run_summary_cli),
 }
 

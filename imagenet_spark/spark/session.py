@@ -33,15 +33,27 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def build_session(app_name: str, *, master: str | None = None, conf: Mapping[str, str] | None = None) -> Any:
-    """getOrCreate a SparkSession for an entry point; ``spark-submit`` settings take precedence."""
+def build_session(app_name: str, *, master: str | None = None, conf: Mapping[str, str] | None = None,
+                  short_driver: bool = False) -> Any:
+    """getOrCreate a SparkSession for an entry point; ``spark-submit`` settings take precedence.
+
+    A driver JVM started here maps the class archive when ``imagenet-spark jvm-archive`` wrote one, and a
+    ``short_driver`` (training, the search: the driver waits on its workers) skips the optimising JIT; both only
+    cut the JVM's start (spark/jvm.py says by how much) and merge into any extraJavaOptions already set."""
     from pyspark.sql import SparkSession
+
+    from imagenet_spark.spark.jvm import driver_java_options, merge_java_options, spark_defaults_option
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     if master and not under_spark_submit():
         builder = builder.master(master)
-    for key, value in {**RECOMMENDED_CONF, **(conf or {})}.items():
+    settings = {**RECOMMENDED_CONF, **(conf or {})}
+    java_options = [] if under_spark_submit() else driver_java_options(short_driver=short_driver)
+    if java_options:
+        key = "spark.driver.extraJavaOptions"
+        settings[key] = merge_java_options(settings.get(key, spark_defaults_option(key)), java_options)
+    for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("IMAGENET_SPARK_SPARK_LOG_LEVEL", "WARN"))
