@@ -5,6 +5,7 @@ so ``spark-submit jobs/partition.py`` and ``imagenet-spark partition`` take exac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -144,15 +145,26 @@ def _run_barrier_job(app_name: str, master: str, work: Callable[[Any], str]) -> 
 
 
 def run_train_cli(args: argparse.Namespace) -> int:
-    from imagenet_spark.jobs.train import run_training
+    from imagenet_spark.jobs.train import run_training, standby_workers
+    from imagenet_spark.spark.session import under_spark_submit
     from imagenet_spark.train_config import TrainConfig
 
     cfg = resolve(TrainConfig, preset=args.config, overrides=args.overrides, explicit=_explicit(args, _TRAIN_FLAGS))
+    # Before the session where we start the JVM (so TensorFlow imports while it starts); under spark-submit the
+    # master is known only once the session is up.
+    early = None if under_spark_submit() else standby_workers(cfg, args.master)
 
     def work(spark: Any) -> str:
-        return f"final: {json.dumps(run_training(spark, cfg).get('metrics', {}))}"
+        pool = early or standby_workers(cfg, spark.sparkContext.master)
+        with pool or contextlib.nullcontext():
+            result = run_training(spark, cfg, standby=pool.addresses if pool else ())
+        return f"final: {json.dumps(result.get('metrics', {}))}"
 
-    return _run_barrier_job("imagenet-spark train", args.master, work)
+    try:
+        return _run_barrier_job("imagenet-spark train", args.master, work)
+    finally:
+        if early is not None:
+            early.close()
 
 
 def tune_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

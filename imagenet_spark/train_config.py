@@ -175,6 +175,9 @@ class Launch:
     # task's spark.task.cpus (a GPU worker: its share of the host's cores, if larger; one worker on the driver:
     # the host's cores); 0: TensorFlow's unsized defaults (every core), for comparison only.
     cpus_per_worker: int | None = _resumable(None)
+    # local[N] with MWMS: start the worker processes before the Spark session, so TensorFlow's ~4 s import
+    # overlaps Spark's start (distribute/standby.py); the barrier tasks adopt them. Off: fresh processes.
+    standby_workers: bool = _resumable(True)
 
     def validate(self) -> None:
         if self.max_retries < 0:

@@ -272,6 +272,7 @@ def test_spark_submit_local_mode_exits_after_barrier_training(dataset, tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "training finished in 1 attempt(s)" in out
+    assert out.count("adopted standby worker pid") == 2, "both ranks adopted a worker started before the barrier"
     assert "augment=light: random-resized crop area 0.64-1, aspect 0.875-1.14, flip 0.5, RandAugment N=2 M=9" in out
     assert out.count("warmup: 5 epoch(s) asked, 0.333333 used") == 1, "said once, by the plan"
 

@@ -20,11 +20,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from imagenet_spark.distribute.cluster import LaunchError
 from imagenet_spark.distribute.failures import FailureKind, PortConflictError, exit_kind
+from imagenet_spark.distribute.standby import Adoption, Declined, adopt, exit_line, release
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class WorkerFailedError(LaunchError):
         self.kind = kind
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -50,9 +51,12 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     os.setsid()
 
 
-def run_worker_process(spec: Mapping[str, Any], *, env: Mapping[str, str], rank: int) -> dict[str, Any]:
+def run_worker_process(spec: Mapping[str, Any], *, env: Mapping[str, str], rank: int,
+                       standby: str | None = None) -> dict[str, Any]:
     """Start ``python -m imagenet_spark.train.worker SPEC RESULT``, stream its output to our log, return its
-    result. ``spec``: the worker spec as plain values (``to_dict`` of train/spec.py's ``WorkerSpec``)."""
+    result. ``spec``: the worker spec as plain values (``to_dict`` of train/spec.py's ``WorkerSpec``).
+    ``standby``: the address of a process started earlier that has imported TensorFlow already
+    (distribute/standby.py); it is adopted instead when it can be, else a fresh process starts."""
     workdir = tempfile.mkdtemp(prefix=f"imagenet-spark-rank{rank}-")
     spec_path = os.path.join(workdir, "spec.json")
     result_path = os.path.join(workdir, "result.json")
@@ -64,23 +68,63 @@ def run_worker_process(spec: Mapping[str, Any], *, env: Mapping[str, str], rank:
                  "PYTHONUNBUFFERED": "1", "TMPDIR": workdir}
     child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        if standby is not None:
+            try:
+                return _run_adopted(standby, Adoption(spec_path, result_path, dict(child_env)), rank)
+            except Declined as exc:
+                log.info("rank %d: starting a fresh worker process (%s)", rank, exc)
         return _run(spec_path, result_path, child_env, rank)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _run(spec_path: str, result_path: str, child_env: Mapping[str, str], rank: int) -> dict[str, Any]:
-    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     proc = subprocess.Popen([sys.executable, "-m", "imagenet_spark.train.worker", spec_path, result_path],
                             env=child_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=die_with_parent)
     assert proc.stdout is not None
-    for line in proc.stdout:
+    tail = _stream(proc.stdout, rank)
+    return _result(proc.wait(), tail, result_path, rank)
+
+
+def _run_adopted(address: str, adoption: Adoption, rank: int) -> dict[str, Any]:
+    """The same as :func:`_run` for a standby: its output arrives over the connection, its exit code as the last
+    line (none: it died without one, e.g. killed)."""
+    hello, lines, conn = adopt(address, adoption)
+    log.info("rank %d: adopted standby worker pid %d (TensorFlow already imported)", rank, hello.pid)
+    codes: list[int] = []
+
+    def output() -> Iterator[str]:
+        yield f"adopted standby worker pid {hello.pid} (TensorFlow already imported)"  # in the executor log too
+        for line in lines:
+            code = exit_line(hello.token, line.rstrip("\n"))
+            if code is None:
+                yield line
+            else:
+                codes.append(code)
+
+    try:
+        tail = _stream(output(), rank)
+    finally:
+        release(conn)  # the worker ends with its connection, whatever ended this task
+    if not codes:
+        tail.append(f"(standby worker pid {hello.pid} ended without an exit status: killed, or it crashed)")
+    return _result(codes[-1] if codes else 1, tail, adoption.result_path, rank)
+
+
+def _stream(lines: Iterable[str], rank: int) -> collections.deque[str]:
+    """Copy the worker's output to the executor log (stderr of the task); the last lines, for an error."""
+    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+    for line in lines:
         line = line.rstrip("\n")
         tail.append(line)
-        print(f"[rank {rank}] {line}", file=sys.stderr, flush=True)  # executor log (stderr of the task)
-    rc = proc.wait()
+        print(f"[rank {rank}] {line}", file=sys.stderr, flush=True)
+    return tail
+
+
+def _result(rc: int, tail: collections.deque[str], result_path: str, rank: int) -> dict[str, Any]:
+    """The worker's result, or the error its exit code and last lines tell."""
     kind = exit_kind(rc)
     if rc != 0 and kind == "port_conflict":
         raise PortConflictError(f"rank {rank}: the port exchanged for TensorFlow was taken before it could bind; "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -25,10 +26,12 @@ from imagenet_spark.data import fs
 from imagenet_spark.distribute.cluster import LaunchError
 from imagenet_spark.distribute.failures import TaskFailure, failure_of
 from imagenet_spark.distribute.progress import ProgressServer, format_progress
+from imagenet_spark.distribute.standby import StandbyPool
 from imagenet_spark.layout import ModelDir
 from imagenet_spark.spark.barrier import check_cluster, run_attempt, trains_on_driver
 from imagenet_spark.spark.jobs import SparkJobError
 from imagenet_spark.spark.preflight import check_training_paths, with_absolute_paths
+from imagenet_spark.spark.session import executors_in_driver_jvm
 from imagenet_spark.tracking import Tracker
 from imagenet_spark.train.divergence import failure_error
 from imagenet_spark.train.loop import RunPlan
@@ -47,12 +50,13 @@ class TrainingFailedError(LaunchError):
 
 
 def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int | None = None,
-                 label: str | None = None) -> dict[str, Any]:
+                 label: str | None = None, standby: tuple[str, ...] = ()) -> dict[str, Any]:
     """Plan, check, launch, retry. Returns the chief's final result plus the attempts' history.
 
     ``label`` (e.g. "trial 3") prefixes the progress lines, for several trainings running at once. The model
     dir is checked first (disjoint from the data, ours or new) and leased for the whole training: a second
-    job on it is refused with the holder. A diverged run raises DivergedError, not retried."""
+    job on it is refused with the holder. A diverged run raises DivergedError, not retried. ``standby``: the
+    addresses of :func:`standby_workers`' processes, adopted by the first attempt's tasks."""
     log.info("launch timing: training call at %.3f", time.time())  # bench/launch.py reads these lines
     cfg = with_absolute_paths(cfg, "data", "model_dir")  # executors have another working directory
     check_model_dir(cfg)  # before any work: never write into (or --overwrite) the dataset or a stranger's dir
@@ -60,14 +64,15 @@ def run_training(spark: Any, cfg: TrainConfig, *, inject_port_conflict_rank: int
     try:
         # One job at a time: leased before the checks below (a second job learns the holder at once).
         with ownership.Lease("model_dir", cfg.model_dir, f"imagenet-spark train{f' ({label})' if label else ''}"):
-            return _check_claim_launch(spark, cfg, label=label, inject_port_conflict_rank=inject_port_conflict_rank)
+            return _check_claim_launch(spark, cfg, label=label, inject_port_conflict_rank=inject_port_conflict_rank,
+                                       standby=standby)
     finally:
         if not existed and fs.exists(cfg.model_dir) and not fs.list_dir(cfg.model_dir):
             fs.delete(cfg.model_dir)  # refused before the claim: leave no empty dir behind either
 
 
 def _check_claim_launch(spark: Any, cfg: TrainConfig, *, label: str | None,
-                        inject_port_conflict_rank: int | None) -> dict[str, Any]:
+                        inject_port_conflict_rank: int | None, standby: tuple[str, ...]) -> dict[str, Any]:
     """Plan and check the cluster and paths; only when all passed, claim the model dir and launch."""
     plan = make_run_plan(cfg)
     on_driver = trains_on_driver(cfg, spark.sparkContext.master)
@@ -80,7 +85,25 @@ def _check_claim_launch(spark: Any, cfg: TrainConfig, *, label: str | None,
         log.info("model_dir %s holds a run: resuming it (checkpoint at step %d)", cfg.model_dir,
                  ModelDir(cfg.model_dir).latest_step())
     return _launch(spark, cfg, plan, on_driver=on_driver, label=label,
-                   inject_port_conflict_rank=inject_port_conflict_rank)
+                   inject_port_conflict_rank=inject_port_conflict_rank, standby=standby)
+
+
+def standby_workers(cfg: TrainConfig, master: str) -> StandbyPool | None:
+    """Worker processes to start now, before the session, so TensorFlow imports while Spark starts
+    (distribute/standby.py): for MWMS where the tasks run on this machine (local[N]); None elsewhere, or when
+    ``launch.standby_workers`` is off. Started with what a task would preload (the bind shim), or the task
+    declines them."""
+    if not cfg.launch.standby_workers or cfg.backend != "mwms" or not executors_in_driver_jvm(master):
+        return None
+    env: dict[str, str] = {}
+    if cfg.workers > 1 and cfg.launch.bind_tf_to_host:  # one worker trains without TF_CONFIG, hence no shim
+        from imagenet_spark.distribute.bind_shim import build_shim
+
+        library, _why = build_shim()  # no shim: the task warns and runs without one, and so may its standby
+        inherited = os.environ.get("LD_PRELOAD")
+        if library is not None:
+            env["LD_PRELOAD"] = f"{library} {inherited}".strip() if inherited else library
+    return StandbyPool(cfg.workers, env=env)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,7 +139,7 @@ def _start_tracking(tracker: Tracker, cfg: TrainConfig) -> threading.Thread:
 
 
 def _launch(spark: Any, cfg: TrainConfig, plan: RunPlan, *, on_driver: bool, label: str | None,
-            inject_port_conflict_rank: int | None) -> dict[str, Any]:
+            inject_port_conflict_rank: int | None, standby: tuple[str, ...]) -> dict[str, Any]:
     """The attempts, with the progress server and the tracker around them; logs how the training ended."""
     state: dict[str, Any] = {}
     tracker = Tracker(uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment, enabled=cfg.tracking.track)
@@ -128,7 +151,8 @@ def _launch(spark: Any, cfg: TrainConfig, plan: RunPlan, *, on_driver: bool, lab
                           inject_port_conflict_rank=inject_port_conflict_rank if inject_port_conflict_rank is not None
                           else cfg.faults.inject_port_conflict_rank,
                           has_gpu_resources=bool(spark.sparkContext.getConf().get("spark.task.resource.gpu.amount",
-                                                                                  None)))
+                                                                                  None)),
+                          standby=standby)
         try:
             result = _attempts(spark, base, on_driver=on_driver, label=label, state=state)
         finally:
@@ -166,7 +190,7 @@ def _attempts(spark: Any, base: WorkerSpec, *, on_driver: bool, label: str | Non
     budget = _Budget()
     attempt = 0
     while True:
-        spec = dataclasses.replace(base, attempt=attempt)
+        spec = dataclasses.replace(base, attempt=attempt, standby=base.standby if attempt == 0 else ())
         started = time.monotonic()
         log.info("launch timing: attempt %d launch clock at %.3f", attempt, time.time())
         state.pop("first_step_at", None)

@@ -278,7 +278,8 @@ def _run_task(ctx: Any, spec: WorkerSpec, rank: int) -> dict[str, Any]:
             rendezvous, horovod_vars = _horovod_launch(ctx, wctx, endpoints, interface=cfg.launch.network_interface,
                                                        timeout_s=cfg.launch.barrier_timeout_s, gpu=bool(gpus))
             env.update(horovod_vars)
-        return run_worker_process(to_dict(dataclasses.replace(spec, ctx=wctx)), env=env, rank=rank)
+        return run_worker_process(to_dict(dataclasses.replace(spec, ctx=wctx)), env=env, rank=rank,
+                                  standby=spec.standby[rank] if rank < len(spec.standby) else None)
     finally:
         if held is not None:
             held.close()
@@ -311,7 +312,8 @@ def run_attempt(spark: Any, spec: WorkerSpec, *, on_driver: bool, description: s
         sizing = size_threads(spec.config.launch.cpus_per_worker, task_cpus=None, gpus=0, host=host_cpus(),
                               local_size=1)
         wctx = WorkerContext(attempt=spec.attempt, cpus=sizing.cpus, cpus_source=sizing.source)
-        return run_worker_process(to_dict(dataclasses.replace(spec, ctx=wctx)), env={}, rank=0)
+        return run_worker_process(to_dict(dataclasses.replace(spec, ctx=wctx)), env={}, rank=0,
+                                  standby=spec.standby[0] if spec.standby else None)
     outputs = run_barrier(spark, spec.config.workers, lambda it: _barrier_task(spec, it), description=description)
     result: dict[str, Any] = json.loads(outputs[0])
     return result

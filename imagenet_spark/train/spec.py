@@ -31,3 +31,5 @@ class WorkerSpec:
     inject_port_conflict_rank: int | None = None
     # The Spark conf asks for GPUs per task: CUDA_VISIBLE_DEVICES is set even when a task got none.
     has_gpu_resources: bool = False
+    # Sockets of worker processes the driver started early (distribute/standby.py), by rank; () for none.
+    standby: tuple[str, ...] = ()

@@ -1,0 +1,252 @@
+"""Training worker processes started before the barrier stage, so importing TensorFlow overlaps Spark's start.
+
+Why: a fresh worker process spends ~4 s importing TensorFlow, and before this change the import began only
+after the JVM, the SparkContext and the barrier stage were up: on ``local[2]`` it was ~4 of the ~20 s from
+process start to the first step (issue #13, goal 3; ``bench/launch.py``). A standby is the same fresh process
+(nothing of TensorFlow's runtime started, so a MultiWorkerMirroredStrategy can still be configured in it),
+started by the driver before the session, that imports and then waits. The barrier task that gets the rank
+adopts it instead of starting a process: the exchange, the ranks and the checks are unchanged.
+
+Where: only where the barrier tasks run on the driver's machine (``local[N]``: the executors are the driver's
+JVM), for MWMS, on the first attempt. A task declines a standby whose start environment differs from what it
+would give a fresh process (a GPU assignment, a different LD_PRELOAD), and uses a fresh process then, as it
+does whenever a standby cannot be reached.
+
+The exchange, over one Unix socket per standby in a private directory of the driver's:
+
+1. The pool binds the socket; the standby imports, then accepts one connection and sends a :class:`Hello`.
+2. The task sends an :class:`Adoption` (the spec and result files, the environment) or closes (declined).
+3. The standby applies the environment, points its stdout/stderr at the connection, runs the worker's
+   ``main`` and ends with the line ``<token> exit <code>``; the task reads the output as it would a pipe's.
+
+A standby whose task goes away ends at once (its connection closes); one nobody adopted ends when the driver
+closes the pool or dies (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from imagenet_spark.config import from_dict, to_dict
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 120.0  # a standby still importing after this is given up on (the task starts a fresh process)
+_LOST_TASK_EXIT = 70
+
+
+@dataclass(frozen=True)
+class Hello:
+    """What a standby tells the task that connects: how to recognise its exit line, and what it was started with."""
+
+    pid: int
+    token: str
+    ld_preload: str
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """What the task hands its standby: the files of ``train.worker``'s command line, and the environment a fresh
+    process would have had (applied before the worker's code runs; TensorFlow reads it at the strategy)."""
+
+    spec_path: str
+    result_path: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _send(conn: socket.socket, record: Any) -> None:
+    conn.sendall(json.dumps(to_dict(record)).encode() + b"\n")
+
+
+def _receive(conn: socket.socket, kind: type[Any]) -> Any | None:
+    """One JSON line as ``kind``; None when the other side closed first."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    return from_dict(kind, json.loads(data))
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver: the pool
+
+
+class StandbyPool:
+    """``count`` standbys started now, one socket each (``addresses``, in rank order). Use as a context manager:
+    leaving it ends every standby not adopted and removes the sockets' directory."""
+
+    def __init__(self, count: int, *, env: Mapping[str, str] | None = None) -> None:
+        from imagenet_spark.distribute.launch import die_with_parent
+
+        self._dir = tempfile.mkdtemp(prefix="imagenet-spark-standby-")  # mkdtemp: mode 0700, ours alone
+        self.addresses = tuple(os.path.join(self._dir, f"rank{i}.sock") for i in range(count))
+        child_env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+                     "PYTHONUNBUFFERED": "1"}
+        child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self._procs = []
+        for address in self.addresses:
+            # Bound here, so a task may connect at once: it waits in the backlog until the standby has imported.
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(address)
+            listener.listen(1)
+            with listener:
+                self._procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "imagenet_spark.distribute.standby", str(listener.fileno()),
+                     secrets.token_hex(8)], env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, pass_fds=(listener.fileno(),),  # output: to its task, once adopted
+                    preexec_fn=die_with_parent))
+        log.info("started %d standby worker process(es): TensorFlow imports while Spark starts", count)
+
+    def __enter__(self) -> StandbyPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the standbys nobody adopted (an adopted one runs on until its task ends it) and the directory."""
+        for proc in self._procs:
+            if proc.poll() is None and _unadopted(proc.pid):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.poll()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _unadopted(pid: int) -> bool:
+    """A standby marks its adoption by renaming itself (``/proc/PID/comm``); others are ours to end."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() != "imagenet-worker"
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Task: adopting one
+
+
+class Declined(Exception):
+    """The standby could not be reached, or its start environment differs: start a fresh process instead."""
+
+
+def adopt(address: str, adoption: Adoption) -> tuple[Hello, Iterator[str], socket.socket]:
+    """Connect, compare, hand over. Returns the standby's hello, its output lines and the connection
+    (:func:`release` ends the worker). Raises :class:`Declined` where a fresh process must be started instead."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(HELLO_TIMEOUT_S)
+        conn.connect(address)
+        hello = _receive(conn, Hello)
+        if hello is None:
+            raise Declined(f"standby at {address} closed before its hello")
+        if hello.ld_preload != adoption.env.get("LD_PRELOAD", ""):
+            raise Declined(f"standby pid {hello.pid} was started with LD_PRELOAD={hello.ld_preload!r}, the task "
+                           f"needs {adoption.env.get('LD_PRELOAD', '')!r}")
+        if "CUDA_VISIBLE_DEVICES" in adoption.env:
+            raise Declined("the task assigns GPUs, which must be set before the process starts")
+        _send(conn, adoption)
+        conn.settimeout(None)
+    except (OSError, Declined) as exc:
+        conn.close()
+        raise Declined(str(exc)) from exc
+    reader = conn.makefile("r", encoding="utf-8", errors="replace", newline="\n")
+    return hello, (line for line in reader), conn
+
+
+def release(conn: socket.socket) -> None:
+    """End the adopted worker: shut the connection down (a close alone waits for the output reader's reference)."""
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already gone: the worker ended first
+    conn.close()
+
+
+def exit_line(token: str, line: str) -> int | None:
+    """The exit code when ``line`` is the standby's last line, else None."""
+    prefix = f"{token} exit "
+    return int(line[len(prefix):]) if line.startswith(prefix) and line[len(prefix):].lstrip("-").isdigit() else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Standby process
+
+
+def _warm_imports() -> None:
+    """What a worker imports before its first TensorFlow op: TensorFlow, Keras, the loop, models and readers."""
+    import tensorflow as tf
+
+    import imagenet_spark.data.eval_stream
+    import imagenet_spark.data.reader
+    import imagenet_spark.distribute.backends
+    import imagenet_spark.models
+    import imagenet_spark.train.loop
+    import imagenet_spark.train.worker  # noqa: F401 - imported for its side effect: loaded, not run
+
+    tf.keras.layers  # noqa: B018 - resolves the lazy Keras module (tf-keras), ~1 s of the import
+
+
+def _watch(conn: socket.socket) -> None:
+    """End this worker when its task goes away (the task never writes after the adoption: EOF means gone)."""
+    try:
+        while conn.recv(4096):
+            pass
+    except OSError:
+        pass
+    os._exit(_LOST_TASK_EXIT)
+
+
+def serve(listener_fd: int, token: str) -> int:
+    """Import, wait for one task on the socket the pool bound, and run the worker for it; returns its exit code."""
+    listener = socket.socket(fileno=listener_fd)
+    _warm_imports()
+    conn, _ = listener.accept()
+    listener.close()
+    _send(conn, Hello(pid=os.getpid(), token=token, ld_preload=os.environ.get("LD_PRELOAD", "")))
+    adoption = _receive(conn, Adoption)
+    if adoption is None:
+        return 0  # declined: the task starts a fresh process
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write("imagenet-worker")  # adopted: the pool leaves this one to its task
+    except OSError:
+        pass
+    os.environ.update(adoption.env)
+    tempfile.tempdir = adoption.env.get("TMPDIR") or None  # cached by tempfile: re-read from the new TMPDIR
+    threading.Thread(target=_watch, args=(conn,), daemon=True, name="imagenet-spark-task-watch").start()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(conn.fileno(), 1)
+    os.dup2(conn.fileno(), 2)
+    from imagenet_spark.train.worker import main
+
+    try:
+        code = main(["worker", adoption.spec_path, adoption.result_path])
+    except BaseException:  # noqa: BLE001 - a fresh process would print it and exit 1: the same here
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(1, f"{token} exit {code}\n".encode())
+    return code
+
+
+if __name__ == "__main__":
+    os._exit(serve(int(sys.argv[1]), sys.argv[2]))

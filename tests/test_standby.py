@@ -1,0 +1,93 @@
+"""Standby worker processes (distribute/standby.py): adopted by a task, declined when their start environment
+differs, ended when their task goes away or the pool closes. Real processes that really import TensorFlow; the
+worker they run is the real ``train.worker.main`` (given a spec it rejects, or one it blocks reading)."""
+
+from __future__ import annotations
+
+import ctypes.util
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from imagenet_spark.distribute.launch import WorkerFailedError, run_worker_process
+from imagenet_spark.distribute.standby import Adoption, Declined, StandbyPool, adopt, exit_line, release
+
+
+def _gone(pid: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(")")[1].split()[0] == "Z":  # exited, not yet reaped by its parent (us)
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_exit_line_is_recognised_only_with_the_token() -> None:
+    assert exit_line("abc", "abc exit 75") == 75
+    assert exit_line("abc", "abc exit -9") == -9
+    assert exit_line("abc", "xyz exit 0") is None
+    assert exit_line("abc", "abc exit now") is None
+
+
+def test_closing_the_pool_ends_standbys_nobody_adopted() -> None:
+    pool = StandbyPool(2)
+    pids = [p.pid for p in pool._procs]
+    directory = os.path.dirname(pool.addresses[0])
+    pool.close()
+    assert all(_gone(pid) for pid in pids)
+    assert not os.path.exists(directory)
+
+
+@pytest.mark.slow
+def test_adopted_standby_runs_the_worker_and_reports_its_failure(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The task's output and exit code come over the connection: a spec the worker rejects ends as the same
+    WorkerFailedError, with the worker's own exception line, that a fresh process gives."""
+    with StandbyPool(1) as pool, caplog.at_level(logging.INFO, logger="imagenet_spark.distribute.launch"):
+        with pytest.raises(WorkerFailedError, match=r"rank 0: training worker exited with code 1: "
+                                                    r"(TypeError|KeyError|ValueError)") as err:
+            run_worker_process({}, env={}, rank=0, standby=pool.addresses[0])
+        assert err.value.kind == "error"
+        assert "adopted standby worker pid" in caplog.text
+        assert "starting a fresh worker process" not in caplog.text
+        assert pool._procs[0].wait(timeout=30) == 1
+
+
+@pytest.mark.slow
+def test_a_standby_started_differently_is_declined_for_a_fresh_process(caplog: pytest.LogCaptureFixture) -> None:
+    libc = ctypes.util.find_library("c")
+    if libc is None:
+        pytest.skip("no libc name to preload")
+    with StandbyPool(1, env={"LD_PRELOAD": libc}) as pool, \
+            caplog.at_level(logging.INFO, logger="imagenet_spark.distribute.launch"):
+        with pytest.raises(WorkerFailedError, match="exited with code 1"):
+            run_worker_process({}, env={}, rank=0, standby=pool.addresses[0])
+        assert f"was started with LD_PRELOAD={libc!r}" in caplog.text and "starting a fresh worker" in caplog.text
+        assert pool._procs[0].wait(timeout=30) == 0, "a declined standby ends by itself"
+
+
+@pytest.mark.slow
+def test_a_standby_whose_task_goes_away_ends(tmp_path: Path) -> None:
+    """The worker blocks reading its spec (a FIFO nobody writes); the task closes the connection, as a killed
+    task's process does; the worker must not be left running."""
+    fifo = tmp_path / "spec.json"
+    os.mkfifo(fifo)
+    with StandbyPool(1) as pool:
+        hello, _lines, conn = adopt(pool.addresses[0], Adoption(str(fifo), str(tmp_path / "result.json")))
+        time.sleep(1.0)
+        assert not _gone(hello.pid, timeout=0.5), "adopted and blocked, still alive"
+        release(conn)
+        assert pool._procs[0].wait(timeout=20) == 70
+
+
+def test_an_absent_standby_is_declined(tmp_path: Path) -> None:
+    with pytest.raises(Declined):
+        adopt(str(tmp_path / "nobody.sock"), Adoption("spec", "result"))
