@@ -8,6 +8,8 @@ quality 90, TFRecord shards too), so the Parquet dataset and the TFRecord shards
 one process, with TensorFlow's pools and the pipelines sized to the machine's cores (as a worker is sized to its
 task's CPUs), it prints images/s of:
 
+  * build: ``open_train_dataset`` to its first batch, first thing in the process (autograph's conversion and
+    tracing of the map function included: what a fresh worker pays at launch, issue #13 goal 3);
   * floors, 1 thread over bytes in memory: full JPEG decode; ``preprocess_train`` (the old per-image work:
     decode-and-crop, resize to 224, flip, cast and normalise to float32); ``augment_train`` (the new: the same
     crop, rounded to uint8, flip on uint8);
@@ -169,6 +171,19 @@ def _reader_only(data: Path, cfg: Any, *, batch: int, steps: dict[str, int]) -> 
         source.join()
 
 
+def _first_batch_seconds(data: Path, cfg: Any, ctx: Any, plan: Any, *, classes: int) -> float:
+    """Seconds from calling ``open_train_dataset`` to its first batch: tracing (and autograph's conversion of)
+    the map function, opening the reader, filling the first batch. Cold only in a process that has not
+    traced the transform yet (autograph caches its conversions): what each fresh worker pays at launch."""
+    from imagenet_spark.data import reader
+
+    started = time.perf_counter()
+    with reader.open_train_dataset(data=str(data), cfg=cfg, ctx=ctx, plan=plan, num_classes=classes,
+                                   image_size=IMAGE_SIZE, seed=1) as inp:
+        next(iter(inp.dataset))
+        return time.perf_counter() - started
+
+
 def _old_stream(data: Path, cfg: Any, ctx: Any, plan: Any, *, classes: int, seed: int) -> tuple[Any, Any]:
     """The training stream before uint8: ``open_train_dataset``'s pipeline with ``preprocess_train`` in the map,
     float32 images normalised on the CPU; same reader, shuffle, seeds, parallelism and options."""
@@ -295,6 +310,15 @@ def main() -> int:
     steps = dict(warmup=args.warmup, count=args.batches)
     print(f"machine: {cores} cores; batch {n}, {args.batches} batches after {args.warmup} of warm-up, "
           f"{IMAGE_SIZE}x{IMAGE_SIZE} random-resized crops, medians of {args.rounds} alternating rounds")
+    cfg = resolve(TrainConfig, explicit={"data": str(data), "model_dir": "/tmp/unused", "model": "resnet50",
+                                         "workers": 1, "global_batch_size": n, "epochs": 2,
+                                         "input.shuffle_buffer": args.shuffle_buffer,
+                                         "input.reader_workers": args.reader_workers, "recipe.warmup_epochs": 0})
+    ctx = WorkerContext(rank=0, size=1, cpus=cores)  # sized as a worker is to its task's CPUs
+    plan = metadata.load_plan(str(data), "train", workers=1, per_worker_batch=n)
+    # first, before anything else traces the transform in this process: what a fresh worker pays
+    print(f"build     open_train_dataset -> first batch, cold: "
+          f"{_first_batch_seconds(data, cfg, ctx, plan, classes=args.classes):.2f} s")
     tfrecords = sorted(str(p) for p in (data / "tfrecord").glob("train-*"))
     blobs = [r.numpy() for r in tf.data.TFRecordDataset(tfrecords).map(
         lambda r: tf.io.parse_single_example(r, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})[
@@ -302,13 +326,8 @@ def main() -> int:
     for name, rate in _floors(blobs, batch=n, steps=steps).items():
         print(f"floor     {name}, 1 thread: {rate}")
 
-    cfg = resolve(TrainConfig, explicit=dict(data=str(data), model_dir="/tmp/unused", model="resnet50", workers=1,
-                                             global_batch_size=n, shuffle_buffer=args.shuffle_buffer,
-                                             reader_workers=args.reader_workers, epochs=2, warmup_epochs=0))
     kind, raw = _reader_only(data, cfg, batch=n, steps=steps)
     print(f"reader    {kind} rows only, no decode: {raw}")
-    ctx = WorkerContext(rank=0, size=1, cpus=cores)  # sized as a worker is to its task's CPUs
-    plan = metadata.load_plan(str(data), "train", workers=1, per_worker_batch=n)
     rounds = [_one_round(data, cfg, ctx, plan, tfrecords, classes=args.classes, steps=steps)
               for _ in range(args.rounds)]
     for i, r in enumerate(rounds):
