@@ -102,6 +102,21 @@ def test_same_seed_same_first_batch_other_seed_differs(dataset):
     assert not np.array_equal(firsts[0][0], firsts[2][0])
 
 
+
+def test_the_map_runs_unconverted_by_autograph_with_randaugment_and_crops_the_same(dataset):
+    """The training map is traced without autograph (a launch-time saving, issue #13): its branches must all be
+    graph ops or Python on Python values, RandAugment's included, and the stream stays reproducible."""
+    cfg = _cfg(dataset, randaugment_layers=2)
+    plan = metadata.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH)
+    batches = []
+    for _ in range(2):
+        with _train(dataset, cfg, 1, plan, seed=3) as inp:
+            batches.append(_take(inp, 2))
+    for (x, y), (x2, y2) in zip(*batches):
+        assert x.dtype == np.uint8 and x.shape == (BATCH, SIZE, SIZE, 3) and x.std() > 1
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+
 def test_train_dataset_alone_and_a_file_uri(dataset):
     cfg = _cfg(dataset)
     plan = metadata.load_plan("file://" + str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH)
