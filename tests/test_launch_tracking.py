@@ -1,4 +1,4 @@
-"""The MLflow run opened in a thread while the launch goes on (jobs/train.py ``_start_tracking``) still ends
+"""The MLflow run opened in a thread at the first progress report (jobs/train.py ``_DeferredTracking``) still ends
 FINISHED with the parameters and one value per epoch: the driver joins the thread before ``finish``."""
 
 from __future__ import annotations

@@ -115,8 +115,9 @@ def _driver_host(spark: Any) -> str:
     return conf.get("spark.driver.bindAddress", None) or conf.get("spark.driver.host", None) or "127.0.0.1"
 
 
-def _progress_logger(state: dict[str, Any], tracker: Tracker, prefix: str = "") -> Any:
+def _progress_logger(state: dict[str, Any], tracker: Tracker, tracking: _DeferredTracking, prefix: str = "") -> Any:
     def on_message(msg: dict[str, Any]) -> None:
+        tracking.open()  # the workers are past their start: the run may open now
         state["last"] = msg
         tracker.log_epoch(msg)  # ignores non-epoch messages
         state.setdefault("first_step_at", time.monotonic())
@@ -128,14 +129,31 @@ def _progress_logger(state: dict[str, Any], tracker: Tracker, prefix: str = "") 
     return on_message
 
 
-def _start_tracking(tracker: Tracker, cfg: TrainConfig) -> threading.Thread:
-    """Open the MLflow run in a thread, so the launch does not wait for it: importing MLflow and creating the run
-    took ~2.5 s of the driver's critical path (bench/launch.py), and nothing in the launch needs the run. Safe
-    because the Tracker is thread-safe and never raises (a failure is a warning), epochs that arrive before the
-    run is open are back-filled by ``finish``, and the caller joins the thread before ``finish``/``close``."""
-    thread = threading.Thread(target=tracker.start, args=(cfg,), name="imagenet-spark-tracking-start", daemon=True)
-    thread.start()
-    return thread
+class _DeferredTracking:
+    """Open the MLflow run in a thread once the workers report their first step (or when the attempts end).
+
+    Why: importing MLflow and creating the run cost ~2 CPU-seconds, and during the launch every CPU-second is
+    the workers' on a small machine (on 2 cores the launch is CPU-bound, bench/launch.py); in the driver's
+    critical path it cost ~2.5 s before it moved to a thread. Nothing before the first step needs the run. Safe
+    because the Tracker is thread-safe and never raises (a failure is a warning), epochs reported before the run
+    is open are back-filled by ``finish``, and :meth:`join` runs before ``finish``/``close``."""
+
+    def __init__(self, tracker: Tracker, cfg: TrainConfig) -> None:
+        self._tracker, self._cfg = tracker, cfg
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._tracker.start, args=(self._cfg,), daemon=True,
+                                                name="imagenet-spark-tracking-start")
+                self._thread.start()
+
+    def join(self) -> None:
+        self.open()
+        assert self._thread is not None
+        self._thread.join()
 
 
 def _launch(spark: Any, cfg: TrainConfig, plan: RunPlan, *, on_driver: bool, label: str | None,
@@ -143,9 +161,9 @@ def _launch(spark: Any, cfg: TrainConfig, plan: RunPlan, *, on_driver: bool, lab
     """The attempts, with the progress server and the tracker around them; logs how the training ended."""
     state: dict[str, Any] = {}
     tracker = Tracker(uri=cfg.tracking.tracking_uri, experiment=cfg.tracking.experiment, enabled=cfg.tracking.track)
-    with tracker, ProgressServer(_driver_host(spark), _progress_logger(state, tracker, f"{label}: " if label else "")) \
-            as progress:
-        tracking_started = _start_tracking(tracker, cfg)
+    tracking = _DeferredTracking(tracker, cfg)
+    with tracker, ProgressServer(_driver_host(spark), _progress_logger(state, tracker, tracking,
+                                                                       f"{label}: " if label else "")) as progress:
         base = WorkerSpec(config=cfg, plan=plan, progress=progress.address,
                           log_level=logging.getLevelName(log.getEffectiveLevel()),
                           inject_port_conflict_rank=inject_port_conflict_rank if inject_port_conflict_rank is not None
@@ -156,7 +174,7 @@ def _launch(spark: Any, cfg: TrainConfig, plan: RunPlan, *, on_driver: bool, lab
         try:
             result = _attempts(spark, base, on_driver=on_driver, label=label, state=state)
         finally:
-            tracking_started.join()  # before finish, or the tracker's close on the way out
+            tracking.join()  # before finish, or the tracker's close on the way out
         attempts = result["attempts"]
         result["history"] = read_metrics(cfg.model_dir)
         tracker.finish(result, model_dir=cfg.model_dir)
