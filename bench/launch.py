@@ -87,8 +87,12 @@ def phases(out: str, started: float) -> dict[str, float]:
                                first - started)))
     if "model built" in marks and "input ready" in marks:  # the parts of "backend ready -> first step"
         built, ready = max(marks["model built"]), max(marks["input ready"])
-        result.update({"  of which model built": built - backend, "  of which input ready": ready - built,
-                       "  of which trace + step 1": first - ready})
+        result.update({"  of which model built": built - backend, "  of which input ready": ready - built})
+        if "traced" in marks:  # commits before 6th session's: trace and step 1 in one figure
+            traced = max(marks["traced"])
+            result.update({"  of which trace": traced - ready, "  of which step 1": first - traced})
+        else:
+            result["  of which trace + step 1"] = first - ready
     return result
 
 
