@@ -45,6 +45,7 @@ class Script:
 
 SCRIPTS = (
     Script("partition_throughput"),
+    Script("partition_vs_tfrecord"),
     Script("partition_overhead"),
     Script("jpeg_codecs"),
     Script("input_pipeline", unsized_quick=("--batches", "20", "--warmup", "4")),
