@@ -10,9 +10,10 @@ task's CPUs), it prints images/s of:
 
   * build: ``open_train_dataset`` to its first batch, first thing in the process (autograph's conversion and
     tracing of the map function included: what a fresh worker pays at launch, issue #13 goal 3);
-  * floors, 1 thread over bytes in memory: full JPEG decode; ``preprocess_train`` (the old per-image work:
-    decode-and-crop, resize to 224, flip, cast and normalise to float32); ``augment_train`` (the new: the same
-    crop, rounded to uint8, flip on uint8);
+  * floors, 1 thread over bytes in memory: full JPEG decode; the random crop window decoded alone (what
+    ``augment_train`` decodes: the rest of its time is the resize, the rounding and the flip);
+    ``preprocess_train`` (the old per-image work: decode-and-crop, resize to 224, flip, cast and normalise to
+    float32); ``augment_train`` (the new: the same crop, rounded to uint8, flip on uint8);
   * reader: the training reader alone (pyarrow row groups, or petastorm on the legacy stack), no decode;
   * old:   the training stream as it was: ``preprocess_train`` in the map, float32 batches normalised on the CPU;
   * ours:  ``reader.open_train_dataset`` as the jobs run it: uint8 batches (the step normalises on the device);
@@ -122,7 +123,7 @@ def _floors(blobs: list[bytes], *, batch: int, steps: dict[str, int]) -> dict[st
     """The per-image work alone, one thread, over bytes already in memory."""
     import tensorflow as tf
 
-    from imagenet_spark.data.augment import augment_train, preprocess_train
+    from imagenet_spark.data.augment import augment_train, preprocess_train, random_crop_window
 
     key = tf.constant(1, tf.int64)
     options = tf.data.Options()
@@ -134,6 +135,9 @@ def _floors(blobs: list[bytes], *, batch: int, steps: dict[str, int]) -> dict[st
 
     return {
         "full JPEG decode only": one_thread(lambda i, b: tf.shape(tf.image.decode_jpeg(b, channels=3))),
+        "random crop window decoded only (augment_train's decode)": one_thread(lambda i, b: tf.shape(
+            tf.image.decode_and_crop_jpeg(b, random_crop_window(b, tf.stack([key, 2 * i])), channels=3,
+                                          dct_method="INTEGER_FAST"))),
         "preprocess_train (old, float32)": one_thread(lambda i, b: preprocess_train(
             b, image_size=IMAGE_SIZE, mean=MEAN, std=STD, seed=tf.stack([key, 2 * i]))),
         "augment_train (new, uint8)": one_thread(lambda i, b: augment_train(

@@ -179,13 +179,18 @@ def resize_crop(image: Any, crop_short: Any, image_size: int) -> Any:
     textures evaluation never shows. Below 2x bilinear already reads every source pixel and the two agree
     closely, while the antialiased kernel costs ~40% of the transform at 224 px; so ImageNet at 224 from
     256 px images keeps its speed, and small-image training gets evaluation's filter.
+
+    The crop is cast to float32 first: both kernels compute in float32 whatever the input type, so the result
+    is bit-identical, but TensorFlow's bilinear kernel reads float32 pixels faster than uint8 ones (issue #13:
+    0.54 -> 0.39 ms for a 190x200 crop to 224 px, one thread, cast included).
     """
     import tensorflow as tf
 
     size = [image_size, image_size]
+    pixels = tf.cast(image, tf.float32)
     return tf.cond(crop_short >= 2 * image_size,
-                   lambda: tf.image.resize(image, size, method="bilinear", antialias=True),
-                   lambda: tf.image.resize(image, size, method="bilinear"))
+                   lambda: tf.image.resize(pixels, size, method="bilinear", antialias=True),
+                   lambda: tf.image.resize(pixels, size, method="bilinear"))
 
 
 def _train_seeds(seed: Any) -> tuple[Any, Any, Any]:
