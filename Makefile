@@ -70,4 +70,4 @@ default-stack:  ## print the stack `make` uses without STACK= (.ci/run asks)
 	@echo $(STACK)
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) $(DEMO) .pytest_cache "$${XDG_CACHE_HOME:-$$HOME/.cache}/imagenet-spark/jvm"

@@ -120,10 +120,7 @@ def build_archive(cache_dir: str | None = None, *, force: bool = False) -> Path:
         partial.unlink(missing_ok=True)
         raise ImagenetSparkError(f"jvm-archive: the dump run failed (exit {done.returncode}); its output ends:\n"
                                  f"{(done.stdout + done.stderr)[-2000:]}")
-    os.replace(partial, target)
-    for old in target.parent.glob("spark-*.jsa"):  # archives of a Java or Spark no longer installed here
-        if old != target:
-            old.unlink(missing_ok=True)
+    os.replace(partial, target)  # others stay: each stack's Spark has its own (make clean removes them)
     log.info("JVM class archive written: %s (%.0f MB, %.0f s)", target, target.stat().st_size / 2**20,
              time.monotonic() - started)
     return target
