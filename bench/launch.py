@@ -1,7 +1,7 @@
 """Process start -> first training step of a 2-worker MWMS run on ``local[2]`` (issue #13, goal 3: under 10 s).
 
-    .venv/bin/python bench/launch.py [--runs 3] [--mode submit|python|both] [--baseline COMMIT]
-                                     [--quick: 2 runs, python mode, --baseline ebb2367]
+    .venv/bin/python bench/launch.py [--runs 3] [--mode submit|python|both] [--baseline COMMIT] [--standby-off]
+                                     [--quick: 2 runs, python mode, --baseline ebb2367, --standby-off]
 
 Runs ``jobs/train_barrier.py`` as a user does (``spark-submit --master local[2]``, or ``python
 jobs/train_barrier.py --master local[2]``) on a tiny partitioned dataset (4 classes of 40x40 fake images),
@@ -61,10 +61,10 @@ def make_dataset(work: Path) -> Path:
     return work / "ds"
 
 
-def _command(mode: str, data: Path, model_dir: Path, repo: Path) -> list[str]:
+def _command(mode: str, data: Path, model_dir: Path, repo: Path, extra: tuple[str, ...] = ()) -> list[str]:
     job = [str(repo / "jobs/train_barrier.py"), "--data", str(data), "--model-dir", str(model_dir), "--model",
            "resnet_tiny", "--workers", "2", "--backend", "mwms", "--epochs", "1", "--global-batch-size", "32",
-           "--set", "warmup_epochs=0", "--set", "slots_wait_s=5"]
+           "--set", "warmup_epochs=0", "--set", "slots_wait_s=5", *extra]
     if mode == "submit":
         bindir = Path(sys.executable).parent
         return [str(bindir / "spark-submit"), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
@@ -96,15 +96,16 @@ def phases(out: str, started: float) -> dict[str, float]:
     return result
 
 
-def run_once(mode: str, data: Path, model_dir: Path, repo: Path = REPO) -> dict[str, float]:
+def run_once(mode: str, data: Path, model_dir: Path, repo: Path = REPO,
+             extra: tuple[str, ...] = ()) -> dict[str, float]:
     """One whole job; ``repo``: the source tree to run (a baseline commit's worktree, first on PYTHONPATH, which
     the Python workers and the training processes inherit)."""
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                PYTHONPATH=os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p))
     started = time.time()
-    proc = subprocess.run(_command(mode, data, model_dir, repo), capture_output=True, text=True, env=env, timeout=600,
-                          cwd=model_dir.parent)
+    proc = subprocess.run(_command(mode, data, model_dir, repo, extra), capture_output=True, text=True, env=env,
+                          timeout=600, cwd=model_dir.parent)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} run failed (rc {proc.returncode}):\n{out[-3000:]}")
@@ -115,10 +116,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per mode (alternating)")
     parser.add_argument("--mode", choices=("submit", "python", "both"), default="both")
+    parser.add_argument("--standby-off", action="store_true",
+                        help="also run the working tree with launch.standby_workers=false, alternating, and print "
+                             "the ratio (what starting the workers before the session gains on this machine)")
     parser.add_argument("--baseline", metavar="COMMIT",
                         help="also run this commit (a git worktree; it must have the 'launch timing:' lines, e.g. "
                              "ebb2367), alternating with the working tree, and print the ratio")
-    args = parse_sized(parser, quick={"runs": 2, "mode": "python", "baseline": QUICK_BASELINE})
+    args = parse_sized(parser, quick={"runs": 2, "mode": "python", "baseline": QUICK_BASELINE, "standby_off": True})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -126,6 +130,10 @@ def main() -> int:
     data = make_dataset(work)
     modes = ("submit", "python") if args.mode == "both" else (args.mode,)
     trees = {"ours": REPO}
+    extras: dict[str, tuple[str, ...]] = {"ours": (), "baseline": ()}
+    if args.standby_off:
+        trees["standby off"] = REPO
+        extras["standby off"] = ("--set", "launch.standby_workers=false")
     if args.baseline:
         trees["baseline"] = work / "baseline"
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(trees["baseline"]), args.baseline],
@@ -135,7 +143,7 @@ def main() -> int:
         for i in range(args.runs):
             for mode in modes:
                 for tree, repo in trees.items():
-                    result = run_once(mode, data, work / f"m-{mode}-{tree}-{i}", repo)
+                    result = run_once(mode, data, work / f"m-{mode}-{tree.replace(' ', '-')}-{i}", repo, extras[tree])
                     results[f"{mode} {tree}"].append(result)
                     log.info("run %d %-6s %-8s %s", i + 1, mode, tree,
                              "  ".join(f"{k.strip()}: {v:.2f}" for k, v in result.items()))
@@ -144,6 +152,13 @@ def main() -> int:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(trees["baseline"])],
                            capture_output=True)
     for mode in modes:
+        if args.standby_off:
+            ours, off = (statistics.median(r["start -> first step"] for r in results[f"{mode} {t}"])
+                         for t in ("ours", "standby off"))
+            emit(Figure(script="launch", figure=f"process start -> first step ({mode}), standby workers",
+                        value=ours, baseline_name="the same, launch.standby_workers=false", baseline=off, unit="s",
+                        better="lower", shape=f"resnet_tiny, 2 MWMS workers, local[2], 4 classes x 40 images 40 px; "
+                                              f"median of {args.runs} alternating runs each"))
         if args.baseline:
             ours, base = (statistics.median(r["start -> first step"] for r in results[f"{mode} {t}"])
                           for t in ("ours", "baseline"))
