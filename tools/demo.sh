@@ -17,8 +17,11 @@ step() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 # Spark's executors and the TensorFlow workers must run this venv's Python; keep Spark on loopback.
 export PATH="$(cd "$VENV/bin" && pwd):$PATH" PYSPARK_PYTHON="$(cd "$VENV/bin" && pwd)/python"
 export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1} TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+# The driver JVM's class archive (make setup wrote it; spark/jvm.py): spark-submit starts the JVM before our code
+# runs, so its options go on the command line.
+JVM_OPTS=$("$PY" -m imagenet_spark jvm-archive --print-options)
 SUBMIT=("$VENV/bin/spark-submit" --master 'local[2]'
-        --driver-java-options -Dlog4j2.configurationFile=conf/spark/log4j2.properties)
+        --driver-java-options "-Dlog4j2.configurationFile=conf/spark/log4j2.properties $JVM_OPTS")
 
 rm -rf "$DEMO"
 step "1/6 fake ImageNet: 10 classes, 40 train + 10 validation images each, plus quirky and broken files"
