@@ -167,7 +167,10 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
 
         ds = tf.data.Dataset.from_generator(row_group_source(reader), output_signature=(
             tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)))  # one element per row group
-        ds = ds.unbatch()
+        # Two row groups read ahead on a thread of their own: without it the map's input thread stops to run the
+        # Python reader (GIL included) whenever the shuffle buffer wants rows, and the decoders wait (issue #13:
+        # +10-13% images/s on 2 shared cores, same CPU per image). Same rows in the same order.
+        ds = ds.prefetch(2).unbatch()
         if cfg.input.shuffle_buffer > 1:
             ds = ds.shuffle(cfg.input.shuffle_buffer, seed=shuffle_seed)
         ds = ds.enumerate()
