@@ -58,12 +58,15 @@ _SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 
 
 @dataclass(frozen=True)
 class Run:
-    """One timed run of either tool: wall seconds, images written, output bytes per image, job-only seconds."""
+    """One timed run of either tool: wall seconds, images written, output bytes per image, job-only seconds
+    (ours: the manifest's wall_time_s; serial: its wall) and per-image work seconds (ours: the executors'
+    work, summed over both cores; serial: its time after importing TensorFlow)."""
 
     wall_s: float
     images: int
     bytes_per_image: float
     job_s: float
+    work_s: float
 
 
 def make_ilsvrc_tree(root: Path, pool: list[Path], classes: int, per_class: int, val: int) -> int:
@@ -152,11 +155,13 @@ def serial_convert(src: Path, dst: Path) -> None:
     """The baseline process's body; prints one JSON line: records, output bytes and when the last shard closed."""
     import tensorflow as tf
 
+    imported = time.time()
     dst.mkdir(parents=True)
     labels = {w: i + 1 for i, w in enumerate(sorted(p.name for p in (src / "train").iterdir()))}  # 0: background
     records = sum(write_split(tf, list_split(src, split), labels, dst, split) for split in ("train", "validation"))
     closed = time.time()
-    print(json.dumps({"records": records, "bytes": sum(p.stat().st_size for p in dst.iterdir()), "closed": closed}))
+    print(json.dumps({"records": records, "bytes": sum(p.stat().st_size for p in dst.iterdir()), "closed": closed,
+                      "imported": imported}))
 
 
 # ---- the timed runs ----
@@ -175,7 +180,8 @@ def run_serial(src: Path, dst: Path) -> Run:
     start, _exit_s, out = _run([sys.executable, __file__, "--serial", str(src), str(dst)])
     result = json.loads(out.strip().splitlines()[-1])
     wall = result["closed"] - start
-    return Run(wall, result["records"], result["bytes"] / result["records"], wall)
+    records = result["records"]
+    return Run(wall, records, result["bytes"] / records, wall, result["closed"] - result["imported"])
 
 
 def run_ours(src: Path, dst: Path, cores: int) -> Run:
@@ -184,7 +190,8 @@ def run_ours(src: Path, dst: Path, cores: int) -> Run:
     _start, wall, _out = _run([sys.executable, str(REPO / "jobs/partition.py"), "--master", f"local[{cores}]",
                                "--input", str(src), "--output", str(dst)], env)
     manifest = json.loads((dst / "manifest.json").read_text())
-    return Run(wall, manifest["totals"]["inputs"], manifest["bytes"]["per_image"], manifest["wall_time_s"])
+    return Run(wall, manifest["totals"]["inputs"], manifest["bytes"]["per_image"], manifest["wall_time_s"],
+               manifest["executor_seconds"])
 
 
 def rounds(src: Path, work: Path, cores: int, count: int) -> dict[str, list[Run]]:
@@ -212,7 +219,11 @@ def report(runs: dict[str, list[Run]], shape: str, cores: int) -> None:
                         ("ours", f"ours, jobs/partition.py local[{cores}]")):
         print(f"{label}: median wall {med[name][0]:.2f} s = {images / med[name][0]:.1f} images/s, "
               f"{runs[name][0].bytes_per_image / 1000:.1f} KB per image")
-    print(f"ours job-only (manifest wall_time_s): median {ours_job:.2f} s = {images / ours_job:.1f} images/s")
+    work = {name: statistics.median(r.work_s for r in rs) / images * 1000 for name, rs in runs.items()}
+    print(f"work per image: serial {work['serial']:.2f} ms (after its imports), ours {work['ours']:.2f} ms "
+          f"(executor seconds, over {cores} cores)")
+    print(f"ours job-only (manifest wall_time_s): median {ours_job:.2f} s = {images / ours_job:.1f} images/s; "
+          f"outside the job (interpreter, imports, Spark start, shipping the package, stop): {ours - ours_job:.2f} s")
     print(f"ratio ours/serial: whole job {ours / serial:.2f}, job-only {ours_job / serial:.2f} "
           f"(lower is better; goal < 1.0): ours is {'FASTER' if ours < serial else 'SLOWER'}")
     for figure, value in (("whole job (process start to exit)", ours), ("job only (manifest wall_time_s)", ours_job)):
