@@ -99,7 +99,9 @@ def eval_dataset(*, data: str, ctx: WorkerContext, plan: ShardPlan, num_classes:
     ds = tf.data.Dataset.from_generator(rows, output_signature=(
         tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)))
     ds = ds.unbatch()
-    ds = ds.map(transform, num_parallel_calls=ctx.cpus or tf.data.AUTOTUNE, deterministic=True)
+    # No autograph (as the training map): the eval transform has no Python branch on a tensor.
+    ds = ds.map(tf.autograph.experimental.do_not_convert(transform), num_parallel_calls=ctx.cpus or tf.data.AUTOTUNE,
+                deterministic=True)
     ds = ds.batch(batch, drop_remainder=True)
     ds = ds.apply(tf.data.experimental.assert_cardinality(plan.steps_per_epoch))
     return ds.prefetch(tf.data.AUTOTUNE).with_options(data_options(ctx.cpus))

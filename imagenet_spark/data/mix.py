@@ -137,4 +137,6 @@ def mix_batches(ds: Any, settings: MixSettings, *, key: int) -> Any:
         images, labels, _lam = mix_batch(batch[0], batch[1], settings, key_tensor, index)
         return images, labels
 
-    return ds.enumerate().map(mix, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # No autograph: mix branches on settings and dtypes only, never on a tensor.
+    return ds.enumerate().map(tf.autograph.experimental.do_not_convert(mix), num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=True)
