@@ -16,6 +16,14 @@ from imagenet_spark.distribute.launch import WorkerFailedError, run_worker_proce
 from imagenet_spark.distribute.standby import Adoption, Declined, StandbyPool, adopt, exit_line, release
 
 
+@pytest.fixture
+def task_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process as a barrier task's would be: PySpark gives its Python workers PYTHONHASHSEED=0, and the
+    launcher gives a worker TF_CPP_MIN_LOG_LEVEL=2 unless set (both read at start-up: compared on adoption)."""
+    monkeypatch.setenv("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", "0"))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+
+
 def _gone(pid: int, timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -47,8 +55,8 @@ def test_closing_the_pool_ends_standbys_nobody_adopted() -> None:
 
 
 @pytest.mark.slow
-def test_adopted_standby_runs_the_worker_and_reports_its_failure(tmp_path: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_adopted_standby_runs_the_worker_and_reports_its_failure(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                 task_env: None) -> None:
     """The task's output and exit code come over the connection: a spec the worker rejects ends as the same
     WorkerFailedError, with the worker's own exception line, that a fresh process gives."""
     with StandbyPool(1) as pool, caplog.at_level(logging.INFO, logger="imagenet_spark.distribute.launch"):
@@ -62,26 +70,33 @@ def test_adopted_standby_runs_the_worker_and_reports_its_failure(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_a_standby_started_differently_is_declined_for_a_fresh_process(caplog: pytest.LogCaptureFixture) -> None:
-    libc = ctypes.util.find_library("c")
-    if libc is None:
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "TF_ENABLE_ONEDNN_OPTS"])
+def test_a_standby_started_differently_is_declined_for_a_fresh_process(name: str, caplog: pytest.LogCaptureFixture,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       task_env: None) -> None:
+    """A variable read at start-up (the loader's, TensorFlow's import-time switch) that the task would give a fresh
+    process otherwise: the standby is declined, ends by itself, and a fresh process runs the worker."""
+    value = ctypes.util.find_library("c") if name == "LD_PRELOAD" else "0"
+    if value is None:
         pytest.skip("no libc name to preload")
-    with StandbyPool(1, env={"LD_PRELOAD": libc}) as pool, \
+    monkeypatch.delenv(name, raising=False)  # the task's own environment has none
+    with StandbyPool(1, env={name: value}) as pool, \
             caplog.at_level(logging.INFO, logger="imagenet_spark.distribute.launch"):
         with pytest.raises(WorkerFailedError, match="exited with code 1"):
             run_worker_process({}, env={}, rank=0, standby=pool.addresses[0])
-        assert f"was started with LD_PRELOAD={libc!r}" in caplog.text and "starting a fresh worker" in caplog.text
+        assert f"was started with {name}={value!r}" in caplog.text and "starting a fresh worker" in caplog.text
         assert pool._procs[0].wait(timeout=30) == 0, "a declined standby ends by itself"
 
 
 @pytest.mark.slow
-def test_a_standby_whose_task_goes_away_ends(tmp_path: Path) -> None:
+def test_a_standby_whose_task_goes_away_ends(tmp_path: Path, task_env: None) -> None:
     """The worker blocks reading its spec (a FIFO nobody writes); the task closes the connection, as a killed
     task's process does; the worker must not be left running."""
     fifo = tmp_path / "spec.json"
     os.mkfifo(fifo)
     with StandbyPool(1) as pool:
-        hello, _lines, conn = adopt(pool.addresses[0], Adoption(str(fifo), str(tmp_path / "result.json")))
+        hello, _lines, conn = adopt(pool.addresses[0], Adoption(str(fifo), str(tmp_path / "result.json"),
+                                                                dict(os.environ)))
         time.sleep(1.0)
         assert not _gone(hello.pid, timeout=0.5), "adopted and blocked, still alive"
         release(conn)

@@ -9,8 +9,8 @@ adopts it instead of starting a process: the exchange, the ranks and the checks 
 
 Where: only where the barrier tasks run on the driver's machine (``local[N]``: the executors are the driver's
 JVM), for MWMS, on the first attempt. A task declines a standby whose start environment differs from what it
-would give a fresh process (a GPU assignment, a different LD_PRELOAD), and uses a fresh process then, as it
-does whenever a standby cannot be reached.
+would give a fresh process (a GPU assignment, a variable read at start-up: ``START_ENV``), and uses a fresh
+process then, as it does whenever a standby cannot be reached.
 
 The exchange, over one Unix socket per standby in a private directory of the driver's:
 
@@ -44,6 +44,10 @@ from imagenet_spark.config import from_dict, to_dict
 
 log = logging.getLogger(__name__)
 
+# Read when the process starts or imports (the loader, the hash seed, TensorFlow's import-time switches): a
+# standby started with other values than its task would give a fresh process is declined, not adopted.
+START_ENV = ("LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONHASHSEED", "TF_ENABLE_ONEDNN_OPTS", "TF_USE_LEGACY_KERAS",
+             "TF_CPP_MIN_LOG_LEVEL", "TF_CPP_MAX_VLOG_LEVEL")
 HELLO_TIMEOUT_S = 120.0  # a standby still importing after this is given up on (the task starts a fresh process)
 _LOST_TASK_EXIT = 70
 
@@ -54,7 +58,7 @@ class Hello:
 
     pid: int
     token: str
-    ld_preload: str
+    start_env: dict[str, str] = field(default_factory=dict)  # START_ENV as it was started ("" for unset)
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,8 @@ class StandbyPool:
         self.addresses = tuple(os.path.join(self._dir, f"rank{i}.sock") for i in range(count))
         child_env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
                      "PYTHONUNBUFFERED": "1"}
-        child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as distribute/launch.py gives a fresh worker
+        child_env.setdefault("PYTHONHASHSEED", "0")  # as PySpark gives its Python workers, whose env a worker gets
         self._procs = []
         for address in self.addresses:
             # Bound here, so a task may connect at once: it waits in the backlog until the standby has imported.
@@ -154,9 +159,10 @@ def adopt(address: str, adoption: Adoption) -> tuple[Hello, Iterator[str], socke
         hello = _receive(conn, Hello)
         if hello is None:
             raise Declined(f"standby at {address} closed before its hello")
-        if hello.ld_preload != adoption.env.get("LD_PRELOAD", ""):
-            raise Declined(f"standby pid {hello.pid} was started with LD_PRELOAD={hello.ld_preload!r}, the task "
-                           f"needs {adoption.env.get('LD_PRELOAD', '')!r}")
+        for name in START_ENV:
+            if hello.start_env.get(name, "") != adoption.env.get(name, ""):
+                raise Declined(f"standby pid {hello.pid} was started with {name}={hello.start_env.get(name, '')!r}, "
+                               f"the task needs {adoption.env.get(name, '')!r}")
         if "CUDA_VISIBLE_DEVICES" in adoption.env:
             raise Declined("the task assigns GPUs, which must be set before the process starts")
         _send(conn, adoption)
@@ -217,7 +223,7 @@ def serve(listener_fd: int, token: str) -> int:
     _warm_imports()
     conn, _ = listener.accept()
     listener.close()
-    _send(conn, Hello(pid=os.getpid(), token=token, ld_preload=os.environ.get("LD_PRELOAD", "")))
+    _send(conn, Hello(pid=os.getpid(), token=token, start_env={n: os.environ.get(n, "") for n in START_ENV}))
     adoption = _receive(conn, Adoption)
     if adoption is None:
         return 0  # declined: the task starts a fresh process
