@@ -42,13 +42,25 @@ class WorkerFailedError(LaunchError):
         self.kind = kind
 
 
-def die_with_parent() -> None:  # runs in the child between fork and exec
+PARENT_VAR = "IMAGENET_SPARK_PARENT_PID"  # set by the launcher for the process it starts: who that process follows
+
+
+def die_with_parent() -> None:
+    """First thing in a worker or standby process: be SIGKILLed when the process that started it ends (Linux),
+    and end now if that one is already gone (the parent named by ``IMAGENET_SPARK_PARENT_PID``).
+
+    Why here and not in ``preexec_fn``: Python code run between fork and exec in a driver that holds py4j
+    connections can run finalizers that write to the driver's JVM connection from the child (seen: py4j's
+    "Connection reset by peer" in the driver after standbys started). The new session comes from
+    ``start_new_session`` instead, which the fork does in C."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
-    os.setsid()
+    expected = os.environ.get(PARENT_VAR)
+    if expected and os.getppid() != int(expected):
+        os._exit(1)
 
 
 def run_worker_process(spec: Mapping[str, Any], *, env: Mapping[str, str], rank: int,
@@ -80,9 +92,8 @@ def run_worker_process(spec: Mapping[str, Any], *, env: Mapping[str, str], rank:
 
 def _run(spec_path: str, result_path: str, child_env: Mapping[str, str], rank: int) -> dict[str, Any]:
     proc = subprocess.Popen([sys.executable, "-m", "imagenet_spark.train.worker", spec_path, result_path],
-                            env=child_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            preexec_fn=die_with_parent)
+                            env={**child_env, PARENT_VAR: str(os.getpid())}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     assert proc.stdout is not None
     tail = _stream(proc.stdout, rank)
     return _result(proc.wait(), tail, result_path, rank)

@@ -95,7 +95,7 @@ class StandbyPool:
     leaving it ends every standby not adopted and removes the sockets' directory."""
 
     def __init__(self, count: int, *, env: Mapping[str, str] | None = None) -> None:
-        from imagenet_spark.distribute.launch import die_with_parent
+        from imagenet_spark.distribute.launch import PARENT_VAR
 
         self._dir = tempfile.mkdtemp(prefix="imagenet-spark-standby-")  # mkdtemp: mode 0700, ours alone
         self.addresses = tuple(os.path.join(self._dir, f"rank{i}.sock") for i in range(count))
@@ -112,9 +112,9 @@ class StandbyPool:
             with listener:
                 self._procs.append(subprocess.Popen(
                     [sys.executable, "-m", "imagenet_spark.distribute.standby", str(listener.fileno()),
-                     secrets.token_hex(8)], env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, pass_fds=(listener.fileno(),),  # output: to its task, once adopted
-                    preexec_fn=die_with_parent))
+                     secrets.token_hex(8)], env={**child_env, PARENT_VAR: str(os.getpid())}, start_new_session=True,
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, pass_fds=(listener.fileno(),)))  # output: to its task, once adopted
         log.info("started %d standby worker process(es): TensorFlow imports while Spark starts", count)
 
     def __enter__(self) -> StandbyPool:
@@ -219,6 +219,9 @@ def _watch(conn: socket.socket) -> None:
 
 def serve(listener_fd: int, token: str) -> int:
     """Import, wait for one task on the socket the pool bound, and run the worker for it; returns its exit code."""
+    from imagenet_spark.distribute.launch import die_with_parent
+
+    die_with_parent()  # the driver's: an unadopted standby never outlives it
     listener = socket.socket(fileno=listener_fd)
     _warm_imports()
     conn, _ = listener.accept()

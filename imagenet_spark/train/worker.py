@@ -18,12 +18,14 @@ from dataclasses import asdict
 from imagenet_spark import logs
 from imagenet_spark.config import from_dict
 from imagenet_spark.distribute.failures import exit_code, kind_of
+from imagenet_spark.distribute.launch import die_with_parent
 from imagenet_spark.distribute.progress import ProgressClient
 
 log = logging.getLogger("imagenet_spark.worker")
 
 
 def main(argv: list[str]) -> int:
+    die_with_parent()  # a fresh process follows its barrier task; an adopted standby, the driver (set already)
     spec_path, result_path = argv[1], argv[2]
     with open(spec_path) as f:
         values = json.load(f)
