@@ -66,7 +66,11 @@ def build_shim(cache_dir: str | None = None) -> tuple[str | None, str]:
     return target, ""
 
 
+def preload(library: str, inherited: str | None = None) -> str:
+    """LD_PRELOAD with the shim first, then whatever the process already preloads."""
+    return f"{library} {inherited}".strip() if inherited else library
+
+
 def shim_env(library: str, *, host: str, port: int, inherited: str | None = None) -> dict[str, str]:
     """The variables that make the worker's TensorFlow bind ``host:port`` instead of ``0.0.0.0:port``."""
-    preload = f"{library} {inherited}".strip() if inherited else library
-    return {"LD_PRELOAD": preload, ADDR_VAR: host, PORT_VAR: str(port)}
+    return {"LD_PRELOAD": preload(library, inherited), ADDR_VAR: host, PORT_VAR: str(port)}

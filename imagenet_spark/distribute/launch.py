@@ -42,6 +42,16 @@ class WorkerFailedError(LaunchError):
         self.kind = kind
 
 
+def worker_env(env: Mapping[str, str], **extra: str) -> dict[str, str]:
+    """The environment a training worker process starts with: ours, the launcher's ``env``, our import path,
+    unbuffered output, TensorFlow's C++ log quiet unless set. One definition for a fresh worker and a standby,
+    because a task adopts a standby only when their start-up variables agree (distribute/standby.py)."""
+    child_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+                 "PYTHONUNBUFFERED": "1", **extra}
+    child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return child_env
+
+
 PARENT_VAR = "IMAGENET_SPARK_PARENT_PID"  # set by the launcher for the process it starts: who that process follows
 
 
@@ -76,9 +86,7 @@ def run_worker_process(spec: Mapping[str, Any], *, env: Mapping[str, str], rank:
         json.dump(spec, f)
     # TMPDIR: what TensorFlow leaves in the temp dir (autograph's generated modules, removed only at a clean
     # exit) goes with the worker's own folder, which we remove however the worker ended.
-    child_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-                 "PYTHONUNBUFFERED": "1", "TMPDIR": workdir}
-    child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    child_env = worker_env(env, TMPDIR=workdir)
     try:
         if standby is not None:
             try:

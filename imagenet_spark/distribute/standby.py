@@ -95,13 +95,11 @@ class StandbyPool:
     leaving it ends every standby not adopted and removes the sockets' directory."""
 
     def __init__(self, count: int, *, env: Mapping[str, str] | None = None) -> None:
-        from imagenet_spark.distribute.launch import PARENT_VAR
+        from imagenet_spark.distribute.launch import PARENT_VAR, worker_env
 
         self._dir = tempfile.mkdtemp(prefix="imagenet-spark-standby-")  # mkdtemp: mode 0700, ours alone
         self.addresses = tuple(os.path.join(self._dir, f"rank{i}.sock") for i in range(count))
-        child_env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-                     "PYTHONUNBUFFERED": "1"}
-        child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as distribute/launch.py gives a fresh worker
+        child_env = worker_env(env or {})
         child_env.setdefault("PYTHONHASHSEED", "0")  # as PySpark gives its Python workers, whose env a worker gets
         self._procs = []
         for address in self.addresses:

@@ -97,12 +97,11 @@ def standby_workers(cfg: TrainConfig, master: str) -> StandbyPool | None:
         return None
     env: dict[str, str] = {}
     if cfg.workers > 1 and cfg.launch.bind_tf_to_host:  # one worker trains without TF_CONFIG, hence no shim
-        from imagenet_spark.distribute.bind_shim import build_shim
+        from imagenet_spark.distribute.bind_shim import build_shim, preload
 
         library, _why = build_shim()  # no shim: the task warns and runs without one, and so may its standby
-        inherited = os.environ.get("LD_PRELOAD")
-        if library is not None:
-            env["LD_PRELOAD"] = f"{library} {inherited}".strip() if inherited else library
+        if library is not None:  # what the task's shim_env will ask for (spark/barrier.py)
+            env["LD_PRELOAD"] = preload(library, os.environ.get("LD_PRELOAD"))
     return StandbyPool(cfg.workers, env=env)
 
 
