@@ -20,6 +20,8 @@ from typing import Any, cast
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
 
+from imagenet_spark.data import fast_jpeg
+
 # Reasons a file is quarantined. Stable strings: they end up in manifest.json and the rejects table.
 EMPTY = "empty"
 NOT_AN_IMAGE = "not_an_image"
@@ -71,14 +73,13 @@ def _cv2() -> Any:
 
 
 def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Downscale an RGB image to ``size``: bicubic below 2x (JPEG draft decoding already did any power-of-two
-    reduction, in the DCT domain), area averaging at 2x and more, so nothing aliases."""
+    """Downscale an RGB image to ``size`` with OpenCV's filter for the factor (``fast_jpeg.interpolation``),
+    else Pillow's bicubic."""
     cv2 = _cv2()
     if cv2 is None:
         return img.resize(size, Image.Resampling.BICUBIC)
-    factor = img.size[0] / size[0]
-    interpolation = cv2.INTER_AREA if factor >= 2.0 else cv2.INTER_CUBIC
-    return Image.fromarray(cv2.resize(np.asarray(img), size, interpolation=interpolation))
+    filter_ = fast_jpeg.interpolation(cv2, img.size[0], size[0])
+    return Image.fromarray(cv2.resize(np.asarray(img), size, interpolation=filter_))
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,21 @@ def _format_conversions(img: Image.Image, filename: str) -> list[str]:
     return []
 
 
+def _fast_resize(img: Image.Image, data: bytes, target: tuple[int, int], quality: int) -> Processed | None:
+    """An RGB JPEG (header read, pixels not) that only needs resizing, done by :mod:`.fast_jpeg` (same bytes as
+    the path below, ~1.5x faster); None where that path does not apply."""
+    if img.format != "JPEG" or img.mode != "RGB" or target == img.size:
+        return None
+    icc = icc_transform(img.info.get("icc_profile"), img.mode)
+    if icc.kind == ICC_CONVERT:
+        return None
+    encoded = fast_jpeg.resize_jpeg(data, img.size, target, quality, _cv2())
+    if encoded is None:
+        return None
+    return Processed(encoded, height=target[1], width=target[0],
+                     conversions=(ICC_UNUSABLE,) if icc.kind == ICC_UNUSABLE else ())
+
+
 def process_image(
     data: bytes,
     *,
@@ -289,6 +305,9 @@ def process_image(
         width, height = img.size
         conversions = _format_conversions(img, filename)
         out_w, out_h = target_size(width, height, resize_short)
+        fast = _fast_resize(img, data, (out_w, out_h), quality)
+        if fast is not None:
+            return fast
         failed = _load(img, (out_w, out_h))
         if failed is not None:
             return failed
