@@ -74,7 +74,7 @@ def run_partition_cli(args: argparse.Namespace) -> int:
     cfg = resolve(PartitionConfig, preset=args.config, overrides=args.overrides,
                   explicit=_explicit(args, _PARTITION_FLAGS))
     check_submitted_conf(barrier=False)  # before Spark starts: some wrong settings fail it with a stack trace
-    spark = build_session("imagenet-spark partition", master=args.master)
+    spark = build_session("imagenet-spark partition", master=args.master, short_driver=True)
     ship_package(spark)
     result = run_partition(spark, cfg)
     summary: dict[str, Any] = {k: result[k] for k in ("totals", "split_sizes", "row_groups", "rejects_by_reason",

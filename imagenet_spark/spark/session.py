@@ -38,8 +38,10 @@ def build_session(app_name: str, *, master: str | None = None, conf: Mapping[str
     """getOrCreate a SparkSession for an entry point; ``spark-submit`` settings take precedence.
 
     A driver JVM started here maps the class archive when ``imagenet-spark jvm-archive`` wrote one, and a
-    ``short_driver`` (training, the search: the driver waits on its workers) skips the optimising JIT; both only
-    cut the JVM's start (spark/jvm.py says by how much) and merge into any extraJavaOptions already set."""
+    ``short_driver`` (training, the search, the partition job: the driver waits on its workers, and in local
+    mode the JVM's executor side only passes small records to Python workers) skips the optimising JIT; both
+    only cut the JVM's start (spark/jvm.py says by how much) and merge into any extraJavaOptions already set.
+    The partition job's session start went from 5.0-6.9 s to 3.9-4.2 s with it (alternating runs)."""
     from pyspark.sql import SparkSession
 
     from imagenet_spark.spark.jvm import driver_java_options, merge_java_options, spark_defaults_option
