@@ -8,7 +8,9 @@ does not).
 
 The tree: issue #13's shape (many classes of a few images plus a validation split) in the ILSVRC layout
 (``train/<wnid>/*.JPEG``, flat ``validation/`` + ``synset_labels.txt``), made of ~500x375 real photographs
-(bench/photo_tree.py's pool, hard-linked).
+(bench/photo_tree.py's pool, hard-linked). ``--pool ilsvrc`` (the default) grains them to ILSVRC2012's ~110 KB
+per image, the issue's tree (decoding, all the converter does, costs in proportion to the coded bytes);
+``--pool light`` keeps the plain ~48 KB pool, smoother than camera photos.
 
 Baseline: what tensorflow/tpu's ``imagenet_to_gcs.py`` does, written here from its description (that script
 and a real ILSVRC tree are not available offline): ONE Python process, no Spark; per image, read the bytes,
@@ -239,6 +241,9 @@ def main() -> int:
     parser.add_argument("--val", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--pool", choices=("ilsvrc", "light"), default="ilsvrc",
+                        help="ilsvrc: photos grained to ILSVRC2012's ~110 KB per image (the issue's tree); "
+                             "light: the plain ~48 KB pool")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bench-vs-tfrecord")
     parser.add_argument("--serial", nargs=2, type=Path, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     args = parse_sized(parser, quick={"classes": 100, "val": 100})
@@ -246,13 +251,14 @@ def main() -> int:
         serial_convert(*args.serial)
         return 0
     logs.configure("WARNING")
-    pool = make_pool(args.workdir / "pool", 400)
+    grain = args.pool == "ilsvrc"
+    pool = make_pool(args.workdir / ("pool-ilsvrc" if grain else "pool"), 400, grain=grain)
     src = args.workdir / "tree"
     shutil.rmtree(src, ignore_errors=True)
     total = make_ilsvrc_tree(src, pool, args.classes, args.per_class, args.val)
     mean_kb = statistics.mean(p.stat().st_size for p in pool) / 1000
     shape = (f"{args.classes} classes x {args.per_class} + {args.val} validation, photos ~500x375 "
-             f"(~{mean_kb:.0f} KB), ILSVRC layout; {args.cores} cores")
+             f"(~{mean_kb:.0f} KB, {args.pool} pool), ILSVRC layout; {args.cores} cores")
     print(f"tree: {total} images, {shape}")
     report(rounds(src, args.workdir, args.cores, args.rounds), shape, args.cores)
     return 0
