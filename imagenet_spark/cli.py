@@ -67,16 +67,22 @@ def _explicit(args: argparse.Namespace, names: Sequence[str] | Mapping[str, str]
 
 
 def run_partition_cli(args: argparse.Namespace) -> int:
-    from imagenet_spark.jobs.partition import run_partition
+    """Paths checked and (for --dry-run) the whole job done before Spark starts; otherwise the input is listed
+    in a thread while the JVM starts."""
+    from imagenet_spark.jobs.partition import checked_paths, dry_run, list_in_background, list_job, run_listed
     from imagenet_spark.spark.preflight import check_submitted_conf
     from imagenet_spark.spark.session import build_session, ship_package
 
-    cfg = resolve(PartitionConfig, preset=args.config, overrides=args.overrides,
-                  explicit=_explicit(args, _PARTITION_FLAGS))
-    check_submitted_conf(barrier=False)  # before Spark starts: some wrong settings fail it with a stack trace
-    spark = build_session("imagenet-spark partition", master=args.master, short_driver=True)
-    ship_package(spark)
-    result = run_partition(spark, cfg)
+    cfg = checked_paths(resolve(PartitionConfig, preset=args.config, overrides=args.overrides,
+                                explicit=_explicit(args, _PARTITION_FLAGS)))
+    if cfg.dry_run:
+        result = dry_run(list_job(cfg))
+    else:
+        check_submitted_conf(barrier=False)  # before Spark starts: some wrong settings fail it with a stack trace
+        listed = list_in_background(cfg)
+        spark = build_session("imagenet-spark partition", master=args.master, short_driver=True)
+        ship_package(spark)
+        result = run_listed(spark, listed())
     summary: dict[str, Any] = {k: result[k] for k in ("totals", "split_sizes", "row_groups", "rejects_by_reason",
                                       "conversion_counts", "bytes", "wall_time_s", "images_per_s") if k in result}
     if cfg.dry_run:

@@ -87,6 +87,28 @@ def test_output_overlapping_the_input_is_refused_untouched(spark, raw, where):
     assert _snapshot(raw.parent) == before
 
 
+def _command(*argv: str) -> subprocess.CompletedProcess:
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    return subprocess.run([sys.executable, str(repo / "jobs/partition.py"), "--master", "local[1]", *argv],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+def test_the_command_refuses_overlapping_paths_and_dry_runs_before_spark_starts(raw, tmp_path):
+    """As a user runs it: a wrong path fails in the time Python takes to start, and a dry run needs no Spark
+    (the JVM's start-up lines never appear); the dry run still reports the listing."""
+    before = _snapshot(raw.parent)
+    refused = _command("--input", str(raw), "--output", str(raw / "parquet"))
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "output=" in refused.stderr and "Fix:" in refused.stderr
+    dry = _command("--input", str(raw), "--output", str(tmp_path / "ds"), "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert '"layout": "ilsvrc"' in dry.stderr and not (tmp_path / "ds").exists()
+    for proc in (refused, dry):
+        assert "log4j" not in proc.stderr and "SparkContext" not in proc.stderr, "Spark was started"
+    assert _snapshot(raw.parent) == before
+
+
 def test_output_containing_a_labels_file_is_refused(spark, raw, tmp_path):
     out = tmp_path / "ds"
     out.mkdir()

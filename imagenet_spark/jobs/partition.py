@@ -15,10 +15,12 @@ import dataclasses
 import functools
 import json
 import logging
+import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 from imagenet_spark import jsonio, ownership
 from imagenet_spark.config import ConfigError, PartitionConfig, to_dict
@@ -55,6 +57,59 @@ class _Run:
         return self.output.staging
 
 
+@dataclasses.dataclass(frozen=True)
+class Listed:
+    """The job as far as it goes without Spark: settings with absolute, checked paths, and the input listed."""
+
+    cfg: PartitionConfig
+    listing: layouts.Listing
+    started: float
+
+
+def checked_paths(cfg: PartitionConfig) -> PartitionConfig:
+    """``cfg`` with absolute paths, refused untouched if the output overlaps an input or is an existing
+    directory this job did not make. Needs no Spark: a wrong path fails before the JVM starts."""
+    cfg = with_absolute_paths(cfg, "input", "output", "labels_file", "val_labels")
+    _check_paths(cfg)
+    return cfg
+
+
+def list_job(cfg: PartitionConfig, started: float | None = None) -> Listed:
+    """List the input of ``cfg`` (already :func:`checked_paths`) and check its class names; no Spark. The
+    command runs it in a thread while the JVM starts: on a real tree the listing takes as long or longer."""
+    started = time.monotonic() if started is None else started
+    listing = layouts.discover(cfg.input, layout=cfg.layout, val_labels=cfg.val_labels, labels_file=cfg.labels_file)
+    _check_classes(listing)
+    log.info("listed %d inputs (+%d archives) in %d classes, layout %s, %.1f s", len(listing.items),
+             len(listing.archives), len(listing.classes), listing.layout, time.monotonic() - started)
+    return Listed(cfg, listing, started)
+
+
+def list_in_background(cfg: PartitionConfig) -> Callable[[], Listed]:
+    """Start :func:`list_job` in a daemon thread (the command starts Spark meanwhile; daemon, so a failure to
+    start Spark exits without waiting for a long listing); the returned function joins it and returns the
+    listing or raises its error."""
+    started = time.monotonic()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["listed"] = list_job(cfg, started)
+        except BaseException as exc:  # noqa: BLE001 - relayed as it is to the thread that joins
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, name="partition-listing", daemon=True)
+    thread.start()
+
+    def join() -> Listed:
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return cast(Listed, box["listed"])
+
+    return join
+
+
 def run_partition(spark: Any, cfg: PartitionConfig) -> dict[str, Any]:
     """Run the whole job with the given SparkSession; returns the manifest (or the dry-run report) as the
     JSON object manifest.json holds.
@@ -62,20 +117,24 @@ def run_partition(spark: Any, cfg: PartitionConfig) -> dict[str, Any]:
     The paths are checked before anything is listed: an output overlapping an input, or an existing directory
     this job did not make, is refused untouched. The output's lease is taken after listing and held to the
     end, so a second job on the same output is refused with the name of this one. ``--dry-run`` takes no
-    lease and writes nothing."""
+    lease, writes nothing and needs no Spark (``spark`` may be None)."""
     started = time.monotonic()
-    cfg = with_absolute_paths(cfg, "input", "output", "labels_file", "val_labels")
-    _check_paths(cfg)
-    listing = layouts.discover(cfg.input, layout=cfg.layout, val_labels=cfg.val_labels, labels_file=cfg.labels_file)
-    _check_classes(listing)
-    log.info("listed %d inputs (+%d archives) in %d classes, layout %s, %.1f s", len(listing.items),
-             len(listing.archives), len(listing.classes), listing.layout, time.monotonic() - started)
-    if cfg.dry_run:
-        report = dry_run_report(listing, cfg)
-        log.info("dry run: %s", json.dumps({k: v for k, v in report.items() if k != "archives"}))
-        return report
+    listed = list_job(checked_paths(cfg), started)
+    return dry_run(listed) if cfg.dry_run else run_listed(spark, listed)
+
+
+def dry_run(listed: Listed) -> dict[str, Any]:
+    """The dry-run report of a listed job (logged too); nothing written."""
+    report = dry_run_report(listed.listing, listed.cfg)
+    log.info("dry run: %s", json.dumps({k: v for k, v in report.items() if k != "archives"}))
+    return report
+
+
+def run_listed(spark: Any, listed: Listed) -> dict[str, Any]:
+    """The job from its listing on, under the output's lease; returns the manifest's JSON object."""
+    cfg = listed.cfg
     with ownership.Lease("output", cfg.output, f"imagenet-spark partition {cfg.input} -> {cfg.output}"):
-        return _run_leased(spark, _Run(cfg, listing, DatasetDir(cfg.output), started))
+        return _run_leased(spark, _Run(cfg, listed.listing, DatasetDir(cfg.output), listed.started))
 
 
 def _run_leased(spark: Any, run: _Run) -> dict[str, Any]:
