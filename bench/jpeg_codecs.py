@@ -4,13 +4,17 @@
 
 Compared on real photographs (bench/photo_tree.py) at two sizes, ~500x375 (ILSVRC2012's typical training
 image: no power-of-two reduction applies) and ~1600x1070 (its large ones: decoding at 1/4 applies):
-  * ours: ``images.process_image`` (Pillow with libjpeg-turbo, draft mode, OpenCV resize, Pillow encode; plus
-    the ICC/CMYK/EXIF-orientation rules);
+  * ours: ``images.process_image``: an RGB JPEG under 2x the target goes through ``data/fast_jpeg.py``
+    (simplejpeg's libjpeg-turbo decode straight into numpy, OpenCV resize and encode: the same bytes as the
+    Pillow path); anything else through Pillow (draft mode, OpenCV resize, Pillow encode), with the
+    ICC/CMYK/grayscale rules;
   * Pillow alone: full decode, bicubic resize, encode (what a plain Pillow script does);
   * OpenCV: ``imdecode`` with ``IMREAD_REDUCED_COLOR_2/4/8`` where the image is that much larger than needed,
     ``resize``, ``imencode`` (no ICC conversion: colour-managed inputs would come out wrong);
-  * simplejpeg (libjpeg-turbo, scaled decoding through ``min_width``/``min_height``), when importable (e.g.
-    ``pip install --target DIR simplejpeg`` then ``--extra-path DIR``).
+  * simplejpeg with scaled decoding (libjpeg-turbo's M/8 factors through ``min_width``/``min_height``) and
+    its own encoder, when importable. Its scaled factors under 2x decode slower than a full decode (its docs
+    say so), and its encoder ignores ``fastdct=False`` (0.2 dB below Pillow's at the same quality): why the
+    job's fast path decodes at full size with it and encodes with OpenCV.
 Prints images/s of each and its ratio to ours. Only figures: nothing here is used by the job.
 """
 
@@ -76,7 +80,7 @@ def simplejpeg_codec() -> Callable[[bytes], bytes] | None:
         return None
 
     def run(data: bytes) -> bytes:
-        w, h, _sub, _cs = simplejpeg.decode_jpeg_header(data)
+        h, w, _cs, _sub = simplejpeg.decode_jpeg_header(data)  # height first
         size = target_size(w, h, 256)
         arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=size[0], min_height=size[1])
         return simplejpeg.encode_jpeg(np.ascontiguousarray(_cv2_resize(arr, size)), quality=90, colorspace="RGB")
@@ -118,7 +122,7 @@ def main() -> int:
     small = [p.read_bytes() for p in pool[:args.images]]
     sets = {"~500x375": small, "~1600x1070": _large(small[:args.images // 3], 3.2)}
     codecs: dict[str, Callable[[bytes], bytes] | None] = {
-        "ours (Pillow draft + OpenCV resize)": ours, "Pillow alone": pillow_plain, "OpenCV reduced decode": opencv,
+        "ours (fast path; Pillow draft when large)": ours, "Pillow alone": pillow_plain, "OpenCV reduced decode": opencv,
         "simplejpeg scaled decode": simplejpeg_codec()}
     for name, blobs in sets.items():
         base = _rate(ours, blobs)
