@@ -122,7 +122,8 @@ def main() -> int:
     small = [p.read_bytes() for p in pool[:args.images]]
     sets = {"~500x375": small, "~1600x1070": _large(small[:args.images // 3], 3.2)}
     codecs: dict[str, Callable[[bytes], bytes] | None] = {
-        "ours (fast path; Pillow draft when large)": ours, "Pillow alone": pillow_plain, "OpenCV reduced decode": opencv,
+        "ours (fast path; Pillow draft when large)": ours, "Pillow alone": pillow_plain,
+        "OpenCV reduced decode": opencv,
         "simplejpeg scaled decode": simplejpeg_codec()}
     for name, blobs in sets.items():
         base = _rate(ours, blobs)
