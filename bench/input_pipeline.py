@@ -8,11 +8,12 @@ resize_short 256, quality 90, TFRecord shards too), so the Parquet dataset and t
 same bytes:
 
   * ``photos`` (the default): real photographs, bench/photo_tree.py's pool (seeded crops of scikit-learn's two
-    sample photographs, q85-95), stored at ~30 KB per image, as our partition of real ImageNet photos is
-    (29-32 KB). Why the default: decoding is most of the per-image work and its cost follows the stored bytes.
-  * ``synthetic``: ``imagenet_spark.data.fake``'s realistic generator (what this bench used before), ~110 KB
-    sources that are stored at ~48 KB per image: a harder, less realistic case, kept for comparison with
-    earlier figures.
+    sample photographs, q85-95; 48 KB mean), stored at 29.4 KB per image, as our partition of real ImageNet
+    photos is (29-32 KB). Why the default: decoding is most of the per-image work and its cost follows the
+    stored bytes.
+  * ``synthetic``: ``imagenet_spark.data.fake``'s realistic generator (what this bench used before), 110 KB
+    sources stored at 48.3 KB per image: a harder, less realistic case, kept for comparison with earlier
+    figures (the crop decode alone is ~1.1-1.4x slower per image than on the photos).
 
 The partition manifest's bytes per stored image is printed, and named in the emitted figures' data shape. Then, in
 one process, with TensorFlow's pools and the pipelines sized to the machine's cores (as a worker is sized to its
