@@ -13,7 +13,7 @@ same bytes:
     stored bytes.
   * ``synthetic``: ``imagenet_spark.data.fake``'s realistic generator (what this bench used before), 110 KB
     sources stored at 48.3 KB per image: a harder, less realistic case, kept for comparison with earlier
-    figures (the crop decode alone is ~1.1-1.4x slower per image than on the photos).
+    figures (the crop decode alone is ~1.1-1.3x slower per image than on the photos).
 
 The partition manifest's bytes per stored image is printed, and named in the emitted figures' data shape. Then, in
 one process, with TensorFlow's pools and the pipelines sized to the machine's cores (as a worker is sized to its
