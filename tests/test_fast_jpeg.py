@@ -49,14 +49,16 @@ def photos() -> dict[str, bytes]:
         "srgb profile": _jpeg(flower, quality=90, icc_profile=srgb),
         "unusable profile": _jpeg(china, quality=90, icc_profile=lab),
         "adobe-like profile": _jpeg(china, quality=90, icc_profile=ADOBE_LIKE),  # Pillow's path converts it
-        "draft 1700x1134": _jpeg(big, quality=90),
+        "draft 1700x1134": _jpeg(big, quality=90),  # 1/4 in the DCT domain, as Pillow's draft
+        "draft 800x520": _jpeg(flower.resize((800, 520)), quality=90),  # 1/2
+        "draft 1024x700": _jpeg(china.resize((1024, 700)), quality=90),  # simplejpeg would take 3/8: Pillow's
         "needs no resize": _jpeg(china.resize((300, 256)), quality=90),
     }
 
 
-#: The photos the fast path is for (RGB JPEG, resize under 2x, no profile to apply).
+#: The photos the fast path is for (RGB JPEG needing a resize, no profile to apply, a scale both libraries pick).
 FAST = {"500x375 q90", "375x500 q75", "640x427 q95 4:4:4", "progressive", "restart markers", "odd 257x1021",
-        "srgb profile", "unusable profile"}
+        "srgb profile", "unusable profile", "draft 1700x1134", "draft 800x520"}
 
 
 def _both(data: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple[object, object, bool]:

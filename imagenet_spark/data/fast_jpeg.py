@@ -7,10 +7,12 @@ encode: libjpeg-turbo through ``simplejpeg`` decodes (straight to BGR), OpenCV r
 is the same bytes as Pillow's path (same libjpeg-turbo decode, same OpenCV resize, and OpenCV's encoder at the
 same quality writes what Pillow's does; ``tests/test_fast_jpeg.py`` checks it on real photos).
 
-What stays with Pillow's path (:func:`imagenet_spark.data.images.process_image` decides): every other mode,
-format or colour profile; images large enough for its draft (DCT-domain) reduction; and any input libjpeg-turbo
-so much as warns about (``strict``): Pillow's path then rejects it with its reason, or accepts it as it always
-has. Both libraries are optional (``fast-jpeg`` and ``fast-resize`` extras); without either, Pillow does it all.
+Large images are reduced in the DCT domain by the same power of two as Pillow's draft mode, where simplejpeg's
+own choice of scale agrees with it. What stays with Pillow's path (:func:`imagenet_spark.data.images.process_image`
+decides): every other mode, format or colour profile; a 2x reduction where simplejpeg would take 3/8; and any input
+libjpeg-turbo so much as warns about (``strict``): Pillow's path then rejects it with its reason, or accepts it
+as it always has. Both libraries are optional (``fast-jpeg`` and ``fast-resize`` extras); without either,
+Pillow does it all.
 """
 
 from __future__ import annotations
@@ -48,19 +50,33 @@ def interpolation(cv2: Any, width: int, target_width: int) -> int:
     return int(cv2.INTER_AREA if width / target_width >= 2.0 else cv2.INTER_CUBIC)
 
 
-def resize_jpeg(data: bytes, size: tuple[int, int], target: tuple[int, int], quality: int, cv2: Any) -> bytes | None:
-    """``data`` (a JPEG of ``size`` whose header says RGB) decoded, resized to ``target`` as
-    ``images.resize`` does, and encoded at ``quality``; None when this path does not apply or libjpeg-turbo
-    reported anything (the caller then takes Pillow's path)."""
-    codec = simplejpeg()
-    if codec is None or cv2 is None or draft_scale(size, target) > 1:
+def _decoded_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int] | None:
+    """The size libjpeg-turbo decodes a JPEG of ``size`` at for ``target`` with Pillow's draft reduction, or
+    None where simplejpeg would pick another scale: it takes the smallest M/8 that still covers ``target``, so
+    for a 2x reduction 3/8 wins whenever it covers (Pillow's draft only knows powers of two)."""
+    scale = draft_scale(size, target)
+    if scale == 2 and -(-size[0] * 3 // 8) >= target[0] and -(-size[1] * 3 // 8) >= target[1]:
         return None
+    return -(-size[0] // scale), -(-size[1] // scale)
+
+
+def resize_jpeg(data: bytes, size: tuple[int, int], target: tuple[int, int], quality: int, cv2: Any) -> bytes | None:
+    """``data`` (a JPEG of ``size`` whose header says RGB) decoded, reduced in the DCT domain as Pillow's draft
+    mode would, resized to ``target`` as ``images.resize`` does, and encoded at ``quality``; None when this
+    path does not apply or libjpeg-turbo reported anything (the caller then takes Pillow's path)."""
+    codec = simplejpeg()
+    decoded = _decoded_size(size, target)
+    if codec is None or cv2 is None or decoded is None:
+        return None
+    scale = draft_scale(size, target)
     try:
-        bgr = codec.decode_jpeg(data, colorspace="BGR", strict=True)
+        bgr = codec.decode_jpeg(data, colorspace="BGR", strict=True, min_factor=scale,
+                                min_width=target[0] if scale > 1 else 0, min_height=target[1] if scale > 1 else 0)
     except ValueError:  # an error or a warning (truncated, corrupt data): Pillow's path classifies it
         return None
-    if (bgr.shape[1], bgr.shape[0]) != size:
+    if (bgr.shape[1], bgr.shape[0]) != decoded:
         return None
-    resized = cv2.resize(bgr, target, interpolation=interpolation(cv2, size[0], target[0]))
-    ok, encoded = cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if decoded != target:
+        bgr = cv2.resize(bgr, target, interpolation=interpolation(cv2, decoded[0], target[0]))
+    ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     return encoded.tobytes() if ok else None

@@ -271,7 +271,7 @@ def _format_conversions(img: Image.Image, filename: str) -> list[str]:
 
 def _fast_resize(img: Image.Image, data: bytes, target: tuple[int, int], quality: int) -> Processed | None:
     """An RGB JPEG (header read, pixels not) that only needs resizing, done by :mod:`.fast_jpeg` (same bytes as
-    the path below, ~1.5x faster); None where that path does not apply."""
+    the path below, ~1.5x faster on ~500x375 photos); None where that path does not apply."""
     if img.format != "JPEG" or img.mode != "RGB" or target == img.size:
         return None
     icc = icc_transform(img.info.get("icc_profile"), img.mode)
