@@ -65,8 +65,8 @@ def _grained(img: Image.Image, rng: random.Random) -> Image.Image:
     noise = np.random.default_rng(rng.randrange(1 << 30))
     sigma = rng.uniform(6.0, 12.0)
     pixels = np.asarray(img, np.float32)
-    pixels = pixels + noise.normal(0, sigma, pixels.shape[:2] + (1,)) + noise.normal(0, sigma / 2, pixels.shape)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    grain = noise.normal(0, sigma, pixels.shape[:2] + (1,)) + noise.normal(0, sigma / 2, pixels.shape)
+    return Image.fromarray(np.clip(pixels + grain, 0, 255).astype(np.uint8))
 
 
 def make_tree(root: Path, pool: list[Path], classes: int, per_class: int) -> list[Path]:
