@@ -109,6 +109,21 @@ def test_the_command_refuses_overlapping_paths_and_dry_runs_before_spark_starts(
     assert _snapshot(raw.parent) == before
 
 
+def test_a_listing_error_in_the_background_thread_reaches_the_command(tmp_path):
+    """The command lists in a thread while Spark starts; the listing's own refusal (here a class name that cannot
+    name a partition directory) is raised where the command joins it, as it is."""
+    from imagenet_spark.jobs.partition import checked_paths, list_in_background
+
+    src = tmp_path / "in"
+    for name in ("good", "bad:name"):
+        (src / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(src / name / "a.png")
+    join = list_in_background(checked_paths(_cfg(src, tmp_path / "ds", layout="folders")))
+    with pytest.raises(ConfigError, match="bad:name"):
+        join()
+    assert not (tmp_path / "ds").exists()
+
+
 def test_output_containing_a_labels_file_is_refused(spark, raw, tmp_path):
     out = tmp_path / "ds"
     out.mkdir()
