@@ -3,9 +3,10 @@
 Why: on ILSVRC2012-shaped data (photos ~500x375, resized to 256) Pillow's path spends about a quarter of each
 image's time outside the codec, mostly copying the decoded pixels into numpy for OpenCV's resize and back into
 Pillow for the encode (profiled on bench/partition_vs_tfrecord.py's photos: 3.1 -> 2.3 ms an image). Here the
-pixels stay in one numpy array from decode to encode: libjpeg-turbo through ``simplejpeg`` decodes (straight
-to BGR), OpenCV resizes and encodes. The output is the same bytes as Pillow's path (same libjpeg-turbo decode, same OpenCV resize, and OpenCV's encoder at the
-same quality writes what Pillow's does; ``tests/test_fast_jpeg.py`` checks it on real photos).
+pixels stay in one numpy array from decode to encode: libjpeg-turbo through ``simplejpeg`` decodes (straight to
+BGR), OpenCV resizes and encodes. The output is the same bytes as Pillow's path (same libjpeg-turbo decode, same
+OpenCV resize, and OpenCV's encoder at the same quality writes what Pillow's does; ``tests/test_fast_jpeg.py``
+checks it on real photos).
 
 Large images are reduced in the DCT domain by the same power of two as Pillow's draft mode, where simplejpeg's
 own choice of scale agrees with it. What stays with Pillow's path (:func:`imagenet_spark.data.images.process_image`
