@@ -19,8 +19,9 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict
-from typing import Any, cast
+from typing import Any
 
 from imagenet_spark import jsonio, ownership
 from imagenet_spark.config import ConfigError, PartitionConfig, to_dict
@@ -87,27 +88,19 @@ def list_job(cfg: PartitionConfig, started: float | None = None) -> Listed:
 
 def list_in_background(cfg: PartitionConfig) -> Callable[[], Listed]:
     """Start :func:`list_job` in a daemon thread (the command starts Spark meanwhile; daemon, so a failure to
-    start Spark exits without waiting for a long listing); the returned function joins it and returns the
+    start Spark exits without waiting for a long listing); the returned function waits for it and returns the
     listing or raises its error."""
     started = time.monotonic()
-    box: dict[str, Any] = {}
+    future: Future[Listed] = Future()
 
     def work() -> None:
         try:
-            box["listed"] = list_job(cfg, started)
-        except BaseException as exc:  # noqa: BLE001 - relayed as it is to the thread that joins
-            box["error"] = exc
+            future.set_result(list_job(cfg, started))
+        except BaseException as exc:  # noqa: BLE001 - relayed as it is to the thread that waits
+            future.set_exception(exc)
 
-    thread = threading.Thread(target=work, name="partition-listing", daemon=True)
-    thread.start()
-
-    def join() -> Listed:
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return cast(Listed, box["listed"])
-
-    return join
+    threading.Thread(target=work, name="partition-listing", daemon=True).start()
+    return future.result
 
 
 def run_partition(spark: Any, cfg: PartitionConfig) -> dict[str, Any]:
