@@ -71,7 +71,7 @@ def run_partition_cli(args: argparse.Namespace) -> int:
     in a thread while the JVM starts."""
     from imagenet_spark.jobs.partition import checked_paths, dry_run, list_in_background, list_job, run_listed
     from imagenet_spark.spark.preflight import check_submitted_conf
-    from imagenet_spark.spark.session import build_session, ship_package
+    from imagenet_spark.spark.session import build_context_session, ship_package
 
     cfg = checked_paths(resolve(PartitionConfig, preset=args.config, overrides=args.overrides,
                                 explicit=_explicit(args, _PARTITION_FLAGS)))
@@ -80,7 +80,8 @@ def run_partition_cli(args: argparse.Namespace) -> int:
     else:
         check_submitted_conf(barrier=False)  # before Spark starts: some wrong settings fail it with a stack trace
         listed = list_in_background(cfg)
-        spark = build_session("imagenet-spark partition", master=args.master, short_driver=True)
+        # RDD tasks only: no SparkSession (ContextSession says why)
+        spark = build_context_session("imagenet-spark partition", master=args.master, short_driver=True)
         ship_package(spark)
         result = run_listed(spark, listed())
     summary: dict[str, Any] = {k: result[k] for k in ("totals", "split_sizes", "row_groups", "rejects_by_reason",

@@ -339,6 +339,21 @@ def test_refuses_to_clobber_without_overwrite(spark, ilsvrc, tmp_path):
     assert manifest["config"]["resize_short"] == 24
 
 
+def test_context_session_writes_what_a_session_writes(spark, ilsvrc, ilsvrc_dataset, tmp_path):
+    """The partition command runs on a SparkContext alone (ContextSession: no Spark SQL session to create); the
+    library reads it like a SparkSession, and the dataset is the same, row for row and byte for byte."""
+    from imagenet_spark.spark.session import ContextSession
+
+    root, _ = ilsvrc
+    dst = tmp_path / "ds"
+    manifest = run_partition(ContextSession(spark.sparkContext), _cfg(root, dst))
+    reference, expected = ilsvrc_dataset
+    assert manifest["counts"] == expected["counts"] and manifest["totals"] == expected["totals"]
+    for split in ("train", "validation"):
+        ours = sorted((r["filename"], r["image"]) for r in _rows(dst, split))
+        assert ours and ours == sorted((r["filename"], r["image"]) for r in _rows(reference, split))
+
+
 def test_dry_run_writes_nothing(spark, ilsvrc, tmp_path):
     root, summary = ilsvrc
     dst = tmp_path / "ds"
