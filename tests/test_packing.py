@@ -96,6 +96,18 @@ def test_pack_target_aims_at_three_tasks_per_slot_within_bounds(tmp_path):
     assert pack_target(listing, 8, slots=64) == 8
 
 
+def test_pack_target_lowered_so_the_tasks_fill_whole_rounds(tmp_path):
+    """62 classes of 5 (310 files) on 2 slots: a third of a slot's share is 52 images, 10 classes a task, 7
+    tasks, the 7th alone on its slot at the end; 44 (8 classes) gives 8 tasks. Never below three quarters of
+    the target, and one slot needs no rounding."""
+    listing = layouts.discover(str(_tree(tmp_path / "raw", {f"c{i:02d}": 5 for i in range(62)})))
+    assert len(plan_tasks(listing, 256, pack_images=52)) == 7
+    assert pack_target(listing, 256, slots=2) == 44
+    assert len(plan_tasks(listing, 256, pack_images=44)) == 8
+    assert pack_target(listing, 256, slots=1) == 104  # 310 / 3: one slot, no rounds to fill
+    assert pack_target(listing, 256, slots=5) == 32  # PACK_MIN_IMAGES: 11 tasks, no multiple of 5, none lower allowed
+
+
 # --------------------------------------------------------------------------------------------------
 # The job on real Spark
 
