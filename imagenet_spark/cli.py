@@ -133,10 +133,11 @@ def _run_barrier_job(app_name: str, master: str, work: Callable[[Any], str]) -> 
     (it returns the line to log), and the session ended. Ending it may end the JVM that carries our output,
     so every error is logged here first."""
     from imagenet_spark.spark.preflight import check_submitted_conf
-    from imagenet_spark.spark.session import build_session, end_session, ship_package
+    from imagenet_spark.spark.session import build_context_session, end_session, ship_package
 
     check_submitted_conf(barrier=True)
-    spark = build_session(app_name, master=master, short_driver=True)  # the driver waits on its workers
+    # The driver waits on its workers; its jobs are RDD and barrier stages only (no SparkSession: ContextSession)
+    spark = build_context_session(app_name, master=master, short_driver=True)
     rc = 1
     try:
         ship_package(spark)

@@ -60,10 +60,11 @@ def build_session(app_name: str, *, master: str | None = None, conf: Mapping[str
 
 @dataclass(frozen=True)
 class ContextSession:
-    """What an entry point whose jobs are plain RDD tasks needs of a session (``sparkContext``, ``stop``), without
-    Spark SQL's session. Why: creating a SparkSession's JVM half loads some 3,500 classes of Spark SQL, 0.9-1.2 s
-    of the partition command's start on the 2-core machine (Spark 4, class archive mapped), for a job that never
-    uses them. Library functions take either: they only use ``spark.sparkContext``."""
+    """What an entry point whose jobs are RDD tasks and barrier stages needs of a session (``sparkContext``,
+    ``stop``), without Spark SQL's session: the partition, train and tune commands. Why: creating a SparkSession's
+    JVM half loads some 3,500 classes of Spark SQL, 0.9-1.2 s of a command's start on the 2-core machine (Spark 4,
+    class archive mapped), for jobs that never use them. Library functions take either: they only use
+    ``spark.sparkContext``. Predict and evaluate read and write DataFrames, and keep a SparkSession."""
 
     sparkContext: Any  # noqa: N815 - SparkSession's attribute name, so the library reads both alike
 
