@@ -76,8 +76,8 @@ class ContextSession:
 
 def build_context_session(app_name: str, *, master: str | None = None, conf: Mapping[str, str] | None = None,
                           short_driver: bool = False) -> ContextSession:
-    """:func:`build_session` for entry points that run only RDD jobs (the partition command): the same settings,
-    the same precedence, a SparkContext and no SparkSession (:class:`ContextSession` says why)."""
+    """:func:`build_session` for entry points whose jobs are RDD tasks and barrier stages (partition, train, tune):
+    the same settings, the same precedence, a SparkContext and no SparkSession (:class:`ContextSession` says why)."""
     from pyspark import SparkConf, SparkContext
 
     spark_conf = SparkConf().setAppName(app_name)
@@ -104,6 +104,7 @@ def _import_while_the_jvm_starts() -> None:
 
     if under_spark_submit() or SparkContext._active_spark_context is not None or int(pyspark.__version__[0]) < 4:
         return
+
     def work() -> None:
         with contextlib.suppress(ImportError):  # then pyspark's own import fails the same way, where it reports
             importlib.import_module("pyspark.testing.utils")
