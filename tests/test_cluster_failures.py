@@ -403,8 +403,9 @@ def test_bad_spark_settings_fail_before_spark_starts(cluster, killed_partition, 
 
 def test_bad_cluster_and_dataset_fail_fast(cluster, killed_partition, tmp_path):
     data = killed_partition["output"]
+    # 15 s: both executors must have registered by the end of the wait (their JVMs start on the same 2 busy cores)
     out, _ = _refused(cluster, data, tmp_path / "m", "--workers", "3", "--global-batch-size", "30",
-                      "--set", "slots_wait_s=5")
+                      "--set", "slots_wait_s=15")
     assert "workers=3 needs 3 barrier task slots, but the cluster has 2" in out and "Fix: use --workers 2" in out
     groups = json.loads((data / "manifest.json").read_text())["row_groups"]["validation"]
     workers = groups + 1
