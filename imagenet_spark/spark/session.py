@@ -8,12 +8,14 @@ installed package and adds it with ``addPyFile`` unless the executors already im
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import re
 import shutil
 import sys
 import tempfile
+import threading
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,9 +98,6 @@ def _import_while_the_jvm_starts() -> None:
     start before it is only waited on. Here it overlaps that wait (session start 2.5 s against 2.7-4.0 s,
     alternating runs). Only when this process starts the JVM; nothing where pyspark does not do it (3.5). Safe
     to overlap: the main thread is in no import while it waits, so the import lock cannot cross."""
-    import importlib
-    import threading
-
     import pyspark
     from pyspark import SparkContext
 
