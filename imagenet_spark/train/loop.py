@@ -176,6 +176,8 @@ def _build(cfg: TrainConfig, plan: RunPlan, backend: Any, schedule: Schedule) ->
                                                  nesterov=cfg.recipe.nesterov)
         if cfg.recipe.precision == "mixed_float16":
             optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+        # Its slots now, not while the first step is traced: MWMS then makes them with the model's variables.
+        optimizer.build(model.trainable_variables)
         sums = {name: tf.keras.metrics.Sum(name=name) for name in
                 ("loss", "top1", "top5", "count", "val_loss", "val_top1", "val_top5", "val_count", "nonfinite")}
         counters = RunCounters.create()
