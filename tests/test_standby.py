@@ -38,6 +38,24 @@ def _gone(pid: int, timeout: float = 20.0) -> bool:
     return False
 
 
+def _standbys(importer: int, count: int, timeout: float = 60.0) -> list[int]:
+    """The pids of the standbys ``importer`` forked, once there are ``count`` (it forks after importing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if entry.isdigit() and int(f.read().split(")")[1].split()[1]) == importer:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+        if len(found) >= count:
+            return sorted(found)
+        time.sleep(0.2)
+    raise AssertionError(f"importer {importer} forked {len(found)} standbys in {timeout} s, not {count}")
+
+
 def test_exit_line_is_recognised_only_with_the_token() -> None:
     assert exit_line("abc", "abc exit 75") == 75
     assert exit_line("abc", "abc exit -9") == -9
@@ -45,13 +63,23 @@ def test_exit_line_is_recognised_only_with_the_token() -> None:
     assert exit_line("abc", "abc exit now") is None
 
 
-def test_closing_the_pool_ends_standbys_nobody_adopted() -> None:
+def test_closing_the_pool_while_it_imports_ends_it() -> None:
     pool = StandbyPool(2)
-    pids = [p.pid for p in pool._procs]
     directory = os.path.dirname(pool.addresses[0])
     pool.close()
-    assert all(_gone(pid) for pid in pids)
+    assert _gone(pool._proc.pid)
     assert not os.path.exists(directory)
+
+
+@pytest.mark.slow
+def test_one_import_forks_every_standby_and_closing_ends_those_nobody_adopted() -> None:
+    """The standbys are forks of one process that imported TensorFlow once (not one import each, on the cores
+    Spark starts on); closing the pool ends them and then their importer."""
+    pool = StandbyPool(2)
+    standbys = _standbys(pool._proc.pid, 2)
+    pool.close()
+    assert all(_gone(pid) for pid in standbys)
+    assert pool._proc.wait(timeout=20) == 0
 
 
 @pytest.mark.slow
@@ -66,7 +94,7 @@ def test_adopted_standby_runs_the_worker_and_reports_its_failure(tmp_path: Path,
         assert err.value.kind == "error"
         assert "adopted standby worker pid" in caplog.text
         assert "starting a fresh worker process" not in caplog.text
-        assert pool._procs[0].wait(timeout=30) == 1
+        assert pool._proc.wait(timeout=30) == 0, "its one standby ended: the importer ends too"
 
 
 @pytest.mark.slow
@@ -85,7 +113,7 @@ def test_a_standby_started_differently_is_declined_for_a_fresh_process(name: str
         with pytest.raises(WorkerFailedError, match="exited with code 1"):
             run_worker_process({}, env={}, rank=0, standby=pool.addresses[0])
         assert f"was started with {name}={value!r}" in caplog.text and "starting a fresh worker" in caplog.text
-        assert pool._procs[0].wait(timeout=30) == 0, "a declined standby ends by itself"
+        assert pool._proc.wait(timeout=30) == 0, "a declined standby ends by itself, and then its importer"
 
 
 @pytest.mark.slow
@@ -100,7 +128,8 @@ def test_a_standby_whose_task_goes_away_ends(tmp_path: Path, task_env: None) -> 
         time.sleep(1.0)
         assert not _gone(hello.pid, timeout=0.5), "adopted and blocked, still alive"
         release(conn)
-        assert pool._procs[0].wait(timeout=20) == 70
+        assert _gone(hello.pid)
+        assert pool._proc.wait(timeout=20) == 0
 
 
 def test_an_absent_standby_is_declined(tmp_path: Path) -> None:

@@ -7,6 +7,12 @@ process start to the first step (issue #13, goal 3; ``bench/launch.py``). A stan
 started by the driver before the session, that imports and then waits. The barrier task that gets the rank
 adopts it instead of starting a process: the exchange, the ranks and the checks are unchanged.
 
+One process imports for all of them and forks one standby per rank (:func:`serve_all`): two imports side by
+side cost 7-9 CPU-s on the cores the JVM starts on, one costs half and the standbys share its pages. Measured
+on ``local[2]``, alternating runs: start to the first step 11.6-12.7 s against 12.2-15.3 s with one import per
+standby (``gc.freeze`` before the fork matters: without it each standby's collections walked, and so copied,
+the imported objects, and its first step came ~1 s later).
+
 Where: only where the barrier tasks run on the driver's machine (``local[N]``: the executors are the driver's
 JVM), for MWMS, on the first attempt. A task declines a standby whose start environment differs from what it
 would give a fresh process (a GPU assignment, a variable read at start-up: ``START_ENV``), and uses a fresh
@@ -14,17 +20,21 @@ process then, as it does whenever a standby cannot be reached.
 
 The exchange, over one Unix socket per standby in a private directory of the driver's:
 
-1. The pool binds the socket; the standby imports, then accepts one connection and sends a :class:`Hello`.
+1. The pool binds the socket; the importer imports and forks; the standby accepts one connection and sends a
+   :class:`Hello`.
 2. The task sends an :class:`Adoption` (the spec and result files, the environment) or closes (declined).
 3. The standby applies the environment, points its stdout/stderr at the connection, runs the worker's
    ``main`` and ends with the line ``<token> exit <code>``; the task reads the output as it would a pipe's.
 
 A standby whose task goes away ends at once (its connection closes); one nobody adopted ends when the driver
-closes the pool or dies (``PR_SET_PDEATHSIG``).
+closes the pool (the importer ends it) or dies (``PR_SET_PDEATHSIG``, the driver's on the importer, the
+importer's on each standby; the importer lives until its last standby has ended).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import os
@@ -36,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,18 +112,24 @@ class StandbyPool:
         self.addresses = tuple(os.path.join(self._dir, f"rank{i}.sock") for i in range(count))
         child_env = worker_env(env or {})
         child_env.setdefault("PYTHONHASHSEED", "0")  # as PySpark gives its Python workers, whose env a worker gets
-        self._procs = []
-        for address in self.addresses:
-            # Bound here, so a task may connect at once: it waits in the backlog until the standby has imported.
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listener.bind(address)
-            listener.listen(1)
-            with listener:
-                self._procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "imagenet_spark.distribute.standby", str(listener.fileno()),
-                     secrets.token_hex(8)], env={**child_env, PARENT_VAR: str(os.getpid())}, start_new_session=True,
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, pass_fds=(listener.fileno(),)))  # output: to its task, once adopted
+        listeners = []
+        try:
+            for address in self.addresses:
+                # Bound here, so a task may connect at once: it waits in the backlog until its standby is ready.
+                listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                listeners.append(listener)
+                listener.bind(address)
+                listener.listen(1)
+            fds = [listener.fileno() for listener in listeners]
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "imagenet_spark.distribute.standby",
+                 *(f"{fd}:{secrets.token_hex(8)}" for fd in fds)],
+                env={**child_env, PARENT_VAR: str(os.getpid())}, start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, pass_fds=fds)  # output: to its task, once adopted
+        finally:
+            for listener in listeners:
+                listener.close()
         log.info("started %d standby worker process(es): TensorFlow imports while Spark starts", count)
 
     def __enter__(self) -> StandbyPool:
@@ -123,10 +140,9 @@ class StandbyPool:
 
     def close(self) -> None:
         """End the standbys nobody adopted (an adopted one runs on until its task ends it) and the directory."""
-        for proc in self._procs:
-            if proc.poll() is None and _unadopted(proc.pid):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.poll()
+        if self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGTERM)  # the importer: it ends the unadopted ones (serve_all)
+        self._proc.poll()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
@@ -215,13 +231,49 @@ def _watch(conn: socket.socket) -> None:
     os._exit(_LOST_TASK_EXIT)
 
 
-def serve(listener_fd: int, token: str) -> int:
-    """Import, wait for one task on the socket the pool bound, and run the worker for it; returns its exit code."""
-    from imagenet_spark.distribute.launch import die_with_parent
+def serve_all(listeners: list[tuple[int, str]]) -> int:
+    """Import once, then fork one standby per ``(socket fd, token)``; end the unadopted ones on SIGTERM (the
+    pool's close) and return when every standby has ended.
+
+    Why one importer that forks: two processes importing TensorFlow side by side each spend 3.5-4.5 CPU-s on it,
+    on the cores Spark's JVM is starting on; a fork shares the imported modules. Nothing that starts
+    TensorFlow's runtime runs before the fork (no op, no device query), so each standby creates its own."""
+    from imagenet_spark.distribute.launch import PARENT_VAR, die_with_parent
 
     die_with_parent()  # the driver's: an unadopted standby never outlives it
-    listener = socket.socket(fileno=listener_fd)
+    sockets = [socket.socket(fileno=fd) for fd, _ in listeners]
     _warm_imports()
+    gc.freeze()  # the imported objects: no collection in a standby walks them (and copies their pages)
+    importer = os.getpid()
+    standbys: list[int] = []
+    for index, (listener, (_, token)) in enumerate(zip(sockets, listeners)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # threads: TensorFlow's and jemalloc's, idle
+            pid = os.fork()
+        if pid == 0:
+            for other in sockets[:index] + sockets[index + 1:]:
+                other.close()
+            os.environ[PARENT_VAR] = str(importer)
+            die_with_parent()  # the importer's, which lives as long as any standby
+            os._exit(serve(listener, token))
+        standbys.append(pid)
+    for listener in sockets:
+        listener.close()
+
+    def end_unadopted(_signum: int, _frame: Any) -> None:
+        for pid in standbys:
+            if _unadopted(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, end_unadopted)
+    for _ in standbys:
+        os.wait()
+    return 0
+
+
+def serve(listener: socket.socket, token: str) -> int:
+    """Wait for one task on the socket the pool bound, and run the worker for it; returns its exit code."""
     conn, _ = listener.accept()
     listener.close()
     _send(conn, Hello(pid=os.getpid(), token=token, start_env={n: os.environ.get(n, "") for n in START_ENV}))
@@ -256,4 +308,4 @@ def serve(listener_fd: int, token: str) -> int:
 
 
 if __name__ == "__main__":
-    os._exit(serve(int(sys.argv[1]), sys.argv[2]))
+    os._exit(serve_all([(int(fd), token) for fd, token in (arg.split(":") for arg in sys.argv[1:])]))
