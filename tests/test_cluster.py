@@ -32,7 +32,7 @@ from imagenet_spark.distribute.failures import (
     task_failure,
 )
 from imagenet_spark.distribute.launch import WorkerFailedError
-from imagenet_spark.distribute.ports import port_taken
+from imagenet_spark.distribute.ports import free_ports, port_taken
 from imagenet_spark.distribute.progress import ProgressEndpoint
 from imagenet_spark.spark.jobs import SparkJobError
 from imagenet_spark.spark.session import executors_in_driver_jvm, local_slots, master_kind
@@ -118,7 +118,8 @@ def test_worker_spec_round_trips_through_json_as_frozen_records():
     plan = RunPlan(num_classes=4, image_size=32, eval_resize=37, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
                    train=shard, validation=None, steps_per_epoch=2, total_steps=4)
     spec = WorkerSpec(config=cfg, plan=plan, attempt=1, ctx=WorkerContext(rank=1, size=2, host="10.0.0.2"),
-                      progress=ProgressEndpoint(host="10.0.0.1", port=4000, token="t"), inject_port_conflict_rank=1)
+                      progress=ProgressEndpoint(host="10.0.0.1", port=4000, token="t"), inject_port_conflict_rank=1,
+                      ports=(41000, 41001))
     back = from_dict(WorkerSpec, json.loads(json.dumps(to_dict(spec))))
     assert back == spec and isinstance(back.plan.train.rows_per_worker, tuple) and back.ctx.rank == 1
 
@@ -171,3 +172,27 @@ def test_port_taken_asks_the_socket():
         port = held.getsockname()[1]
         assert port_taken("127.0.0.1", port)
     assert not port_taken("127.0.0.1", port)
+
+
+def test_ports_the_driver_chooses_are_distinct_and_free():
+    ports = free_ports(8)
+    assert len(set(ports)) == 8
+    assert not any(port_taken("127.0.0.1", port) for port in ports)
+
+
+class _LocalTask:
+    """What a barrier task's context gives in local mode, without ``allGather``: calling it would fail."""
+
+    def resources(self) -> dict[str, object]:
+        return {}
+
+
+def test_driver_chosen_ports_are_used_without_an_exchange(monkeypatch):
+    """local[N] with MWMS: the driver chose the ports (spark/barrier.run_attempt), so a task builds every
+    endpoint from them and makes no allGather, which would hold the first task to arrive for a second."""
+    from imagenet_spark.spark.barrier import _exchange_endpoints
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    endpoints, port, gpus = _exchange_endpoints(_LocalTask(), 1, "127.0.0.1", (41000, 41001))
+    assert [(e.rank, e.host, e.port) for e in endpoints] == [(0, "127.0.0.1", 41000), (1, "127.0.0.1", 41001)]
+    assert (port, gpus) == (41001, "")

@@ -11,6 +11,7 @@ never comes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 
@@ -21,6 +22,16 @@ def free_port(host: str) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(count: int) -> tuple[int, ...]:
+    """``count`` distinct ports free on every IPv4 address of this host right now (held together while chosen,
+    so no two are the same)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for s in sockets:
+            s.bind(("", 0))
+        return tuple(int(s.getsockname()[1]) for s in sockets)
 
 
 def hold_port(host: str, port: int) -> socket.socket:

@@ -7,7 +7,8 @@ What this module gets right, each one a way real launchers hang or fail late:
   numbers and the fix instead of waiting forever.
 * Every task makes exactly one ``allGather`` (host and port), on every path, so no task waits for a peer
   that took another branch. Local mode reports the same host:port for every task, so we take only the
-  host from ``getTaskInfos`` and pick the port ourselves.
+  host from ``getTaskInfos`` and pick the port ourselves. For MWMS in local mode the driver picks the ports
+  and the tasks exchange nothing (a task that fails then fails the stage, and Spark kills the others).
 * A failed task raises a typed :class:`~imagenet_spark.distribute.failures.TaskFailure` record (its kind
   decided by exception type where the failure happened), so the driver's retry loop (jobs/train.py) branches
   on the kind, not on the message.
@@ -41,7 +42,7 @@ from imagenet_spark.distribute.cluster import (
 from imagenet_spark.distribute.context import WorkerContext
 from imagenet_spark.distribute.failures import BarrierTaskError, FailureKind, task_failure
 from imagenet_spark.distribute.launch import run_worker_process
-from imagenet_spark.distribute.ports import free_port, hold_port
+from imagenet_spark.distribute.ports import free_port, free_ports, hold_port
 from imagenet_spark.distribute.threads import host_cpus, size_threads
 from imagenet_spark.spark.jobs import run_barrier
 from imagenet_spark.spark.preflight import check_spark_conf
@@ -233,13 +234,18 @@ def _tf_bind_env(host: str, port: int) -> dict[str, str]:
 # The barrier task (executor)
 
 
-def _exchange_endpoints(ctx: Any, rank: int, host: str) -> tuple[list[Endpoint], int, str]:
-    """The first exchange: (every task's endpoint in rank order, this task's port, its GPUs)."""
+def _exchange_endpoints(ctx: Any, rank: int, host: str, ports: tuple[int, ...]) -> tuple[list[Endpoint], int, str]:
+    """The first exchange: (every task's endpoint in rank order, this task's port, its GPUs). With ``ports``
+    (the driver chose them: every task runs on its machine) nothing is exchanged, see :func:`run_attempt`."""
     try:
         gpus = visible_gpus(gpu_addresses(ctx.resources()), os.environ.get("CUDA_VISIBLE_DEVICES"))
-        offer = _Offer(rank=rank, host=host, port=free_port(host))
+        offer = _Offer(rank=rank, host=host, port=ports[rank] if ports else free_port(host))
     except (LaunchError, OSError) as exc:  # still take part in the exchange, then fail together
+        if ports:
+            raise
         gpus, offer = "", _Offer(rank=rank, host=host, port=0, problem=str(exc))
+    if ports:
+        return [Endpoint(r, host, port) for r, port in enumerate(ports)], offer.port, gpus
     gathered: list[_Offer] = _all_gather(ctx, offer)
     problems = [f"rank {g.rank}: {g.problem}" for g in gathered if g.problem]
     if problems:
@@ -260,7 +266,7 @@ def _worker_context(ctx: Any, spec: WorkerSpec, endpoints: list[Endpoint], rank:
 def _run_task(ctx: Any, spec: WorkerSpec, rank: int) -> dict[str, Any]:
     """This task's worker, from the exchange to its result (raises on any failure, after the exchanges)."""
     host = split_host_port(ctx.getTaskInfos()[rank].address)[0]
-    endpoints, port, gpus = _exchange_endpoints(ctx, rank, host)
+    endpoints, port, gpus = _exchange_endpoints(ctx, rank, host, spec.ports)
     wctx = _worker_context(ctx, spec, endpoints, rank, gpus)
     cfg = spec.config
     env: dict[str, str] = {}
@@ -314,6 +320,10 @@ def run_attempt(spark: Any, spec: WorkerSpec, *, on_driver: bool, description: s
         wctx = WorkerContext(attempt=spec.attempt, cpus=sizing.cpus, cpus_source=sizing.source)
         return run_worker_process(to_dict(dataclasses.replace(spec, ctx=wctx)), env={}, rank=0,
                                   standby=spec.standby[0] if spec.standby else None)
+    if spec.config.backend == "mwms" and executors_in_driver_jvm(spark.sparkContext.master):
+        # Every task is on this machine: the ports need no exchange, and Spark's allGather returns to the task
+        # that arrives first only at its next poll, a second later (issue #13: ~1 s of a ~13 s launch).
+        spec = dataclasses.replace(spec, ports=free_ports(spec.config.workers))
     outputs = run_barrier(spark, spec.config.workers, lambda it: _barrier_task(spec, it), description=description)
     result: dict[str, Any] = json.loads(outputs[0])
     return result

@@ -33,3 +33,6 @@ class WorkerSpec:
     has_gpu_resources: bool = False
     # Sockets of worker processes the driver started early (distribute/standby.py), by rank; () for none.
     standby: tuple[str, ...] = ()
+    # TensorFlow's port for each rank, chosen by the driver where every task runs on its machine (local[N], MWMS;
+    # spark/barrier.py); () : each task picks its own and the tasks exchange them.
+    ports: tuple[int, ...] = ()
