@@ -10,7 +10,8 @@ into phases, read from the ``launch timing:`` log lines the driver and the worke
 
 * start -> training call: interpreter, JVM and SparkSession start, config resolution;
 * training call -> launch clock: plan, cluster check, the storage probe (skipped on local[N]), model-dir claim;
-* launch clock -> workers started: barrier stage, port exchange, worker processes up to our first line;
+* launch clock -> workers started: barrier stage, port exchange (none on local[N] since c2ae0da), worker
+  processes up to our first line;
 * workers started -> backend ready: importing TensorFlow and creating the MWMS strategy (the later of the ranks);
 * backend ready -> first step: model, optimizer, input pipeline, tracing and the first step (the later rank).
 

@@ -32,7 +32,7 @@ from imagenet_spark.distribute.failures import (
     task_failure,
 )
 from imagenet_spark.distribute.launch import WorkerFailedError
-from imagenet_spark.distribute.ports import free_ports, port_taken
+from imagenet_spark.distribute.ports import free_ports, port_taken, wait_for_listener
 from imagenet_spark.distribute.progress import ProgressEndpoint
 from imagenet_spark.spark.jobs import SparkJobError
 from imagenet_spark.spark.session import executors_in_driver_jvm, local_slots, master_kind
@@ -196,3 +196,21 @@ def test_driver_chosen_ports_are_used_without_an_exchange(monkeypatch):
     endpoints, port, gpus = _exchange_endpoints(_LocalTask(), 1, "127.0.0.1", (41000, 41001))
     assert [(e.rank, e.host, e.port) for e in endpoints] == [(0, "127.0.0.1", 41000), (1, "127.0.0.1", 41001)]
     assert (port, gpus) == (41001, "")
+
+
+def test_waiting_for_a_listener_returns_once_it_listens_and_gives_up_at_the_deadline():
+    """A non-chief MWMS worker waits for the chief's server this way (distribute/backends.py): it must see a
+    server that starts listening while it waits, and come back at its deadline when none does."""
+    import threading
+
+    port = free_ports(1)[0]
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    opened = threading.Timer(0.3, lambda: (server.bind(("127.0.0.1", port)), server.listen(1)))
+    opened.start()
+    try:
+        assert wait_for_listener("127.0.0.1", port, timeout_s=10)
+    finally:
+        opened.join()
+        server.close()
+    assert not wait_for_listener("127.0.0.1", port, timeout_s=0.2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+import time
 
 
 def free_port(host: str) -> int:
@@ -32,6 +33,19 @@ def free_ports(count: int) -> tuple[int, ...]:
         for s in sockets:
             s.bind(("", 0))
         return tuple(int(s.getsockname()[1]) for s in sockets)
+
+
+def wait_for_listener(host: str, port: int, *, timeout_s: float, poll_s: float = 0.01) -> bool:
+    """Whether ``host:port`` accepted a TCP connection within ``timeout_s`` (tried every ``poll_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(poll_s, 0.1)):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
 
 
 def hold_port(host: str, port: int) -> socket.socket:
