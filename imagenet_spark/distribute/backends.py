@@ -11,9 +11,7 @@ TensorFlow and Horovod are imported inside ``make_backend`` (executor side only)
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -108,11 +106,11 @@ def _mwms() -> Any:
 
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
-    _wait_for_the_chief()
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()  # TF_CONFIG, as the strategy reads it
+    _wait_for_the_chief(resolver)
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except Exception as exc:
-        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
         address = resolver.cluster_spec().task_address(resolver.task_type, resolver.task_id)
         host, port = split_host_port(address)
         if port is not None and port_taken(host, port):
@@ -124,25 +122,20 @@ def _mwms() -> Any:
 CHIEF_WAIT_S = 30.0  # then TensorFlow's own retries and timeouts take over
 
 
-def _wait_for_the_chief() -> None:
+def _wait_for_the_chief(resolver: Any) -> None:
     """A non-chief MWMS worker waits until the chief's gRPC server listens before creating its strategy.
 
     Why: the strategy registers with the coordination service the chief hosts, and a worker that asks before the
     chief's server is up is refused and asks again only ~1 s later (TensorFlow's backoff). Started together, as
     they are on local[N], the non-chief was first in 1 of 3 launches and reached 'backend ready' 0.9 s after the
     chief (issue #13). Waiting here changes nothing else: past ``CHIEF_WAIT_S`` the strategy is created anyway."""
-    try:
-        config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-        chief = config["cluster"]["worker"][0]
-        index = int(config["task"]["index"])
-    except (ValueError, KeyError, IndexError, TypeError):
-        return  # no multi-worker TF_CONFIG: TensorFlow reports it
+    if resolver.task_type != "worker" or not resolver.task_id:
+        return  # the chief itself, or no multi-worker TF_CONFIG (TensorFlow reports that)
+    chief = resolver.cluster_spec().task_address("worker", 0)
     host, port = split_host_port(chief)
-    if index == 0 or port is None:
-        return
-    if not wait_for_listener(host.strip("[]"), port, timeout_s=CHIEF_WAIT_S):
+    if port is not None and not wait_for_listener(host, port, timeout_s=CHIEF_WAIT_S):
         log.warning("worker %d: the chief's TensorFlow server %s did not listen within %.0f s; starting anyway",
-                    index, chief, CHIEF_WAIT_S)
+                    resolver.task_id, chief, CHIEF_WAIT_S)
 
 
 def make_backend(name: str, ctx: WorkerContext, *, horovod_fp16_allreduce: bool = False) -> Backend:
