@@ -237,15 +237,14 @@ def _tf_bind_env(host: str, port: int) -> dict[str, str]:
 def _exchange_endpoints(ctx: Any, rank: int, host: str, ports: tuple[int, ...]) -> tuple[list[Endpoint], int, str]:
     """The first exchange: (every task's endpoint in rank order, this task's port, its GPUs). With ``ports``
     (the driver chose them: every task runs on its machine) nothing is exchanged, see :func:`run_attempt`."""
+    if ports:
+        gpus = visible_gpus(gpu_addresses(ctx.resources()), os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return [Endpoint(r, host, port) for r, port in enumerate(ports)], ports[rank], gpus
     try:
         gpus = visible_gpus(gpu_addresses(ctx.resources()), os.environ.get("CUDA_VISIBLE_DEVICES"))
-        offer = _Offer(rank=rank, host=host, port=ports[rank] if ports else free_port(host))
+        offer = _Offer(rank=rank, host=host, port=free_port(host))
     except (LaunchError, OSError) as exc:  # still take part in the exchange, then fail together
-        if ports:
-            raise
         gpus, offer = "", _Offer(rank=rank, host=host, port=0, problem=str(exc))
-    if ports:
-        return [Endpoint(r, host, port) for r, port in enumerate(ports)], offer.port, gpus
     gathered: list[_Offer] = _all_gather(ctx, offer)
     problems = [f"rank {g.rank}: {g.problem}" for g in gathered if g.problem]
     if problems:
