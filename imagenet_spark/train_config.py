@@ -113,7 +113,7 @@ class Input:
     threads. Only the reader's thread counts may change on resume (they change speed, not what is read)."""
 
     seed: int = 0
-    shuffle_buffer: int = 4096
+    shuffle_buffer: int = 4096  # rows in each worker's shuffle buffer, at most its shard's (reader.shuffle_buffer_rows)
     shard_by: ShardBy = "row_group"
     # Train transform (data/augment.py; README "Training recipes"): a preset, then explicit overrides of it.
     # crop_area / crop_aspect: [min, max] of the random crop's share of the image area and of its aspect ratio;

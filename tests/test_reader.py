@@ -3,7 +3,9 @@ read with real petastorm and TensorFlow on CPU, as two simulated workers of one 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +103,20 @@ def test_same_seed_same_first_batch_other_seed_differs(dataset):
     np.testing.assert_array_equal(firsts[0][1], firsts[1][1])
     assert not np.array_equal(firsts[0][0], firsts[2][0])
 
+
+
+def test_a_shuffle_buffer_larger_than_the_shard_is_capped_at_it(dataset, caplog):
+    """The reader repeats a worker's shard forever, so a buffer of 4,096 rows on a 48-row shard would hold ~85
+    copies of each image: an epoch's batches would repeat images three or more times (and the first batch wait
+    for the whole buffer). Capped at the shard, the buffer spans at most two epochs: no image more than twice."""
+    cfg = _cfg(dataset, shuffle_buffer=4096, augment="none")  # the eval crop: one image, one crop
+    plan = metadata.load_plan(str(dataset), "train", workers=WORKERS, per_worker_batch=BATCH)
+    rows = plan.rows_per_worker[0]
+    with caplog.at_level(logging.INFO, logger=reader.__name__), _train(dataset, cfg, 0, plan, seed=5) as inp:
+        images = np.concatenate([x for x, _ in _take(inp, plan.steps_per_epoch)])
+    counts = collections.Counter(image.tobytes() for image in images)
+    assert len(images) >= rows - BATCH and max(counts.values()) <= 2, sorted(counts.values())[-5:]
+    assert f"shuffle buffer {rows} (input.shuffle_buffer=4096, capped at the shard)" in caplog.text
 
 
 def test_the_map_runs_unconverted_by_autograph_with_randaugment_and_crops_the_same(dataset):

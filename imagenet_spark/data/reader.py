@@ -63,6 +63,18 @@ def _mix_seed(seed: int, rank: int, salt: int) -> int:
 
 
 
+def shuffle_buffer_rows(setting: int, shard_rows: int) -> int:
+    """The shuffle buffer a worker uses: ``input.shuffle_buffer``, at most the rows of its shard.
+
+    Why the cap: the reader repeats the shard forever, so a buffer larger than the shard holds several copies of
+    every image. It then shuffles no better, only blurs epochs (an image can come twice in one batch while
+    another waits an epoch), and the first batch waits for the whole buffer to fill: the default 4,096 rows are
+    51 passes over an 80-image shard, ~1 s of a small run's launch (issue #13). ImageNet's shards are far
+    larger than the default, so real runs keep it.
+    """
+    return max(1, min(setting, shard_rows))
+
+
 @dataclass
 class TrainInput:
     """The training stream and the petastorm reader feeding it.
@@ -171,8 +183,9 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
         # Python reader (GIL included) whenever the shuffle buffer wants rows, and the decoders wait (issue #13:
         # +10-13% images/s on 2 shared cores, same CPU per image). Same rows in the same order.
         ds = ds.prefetch(2).unbatch()
-        if cfg.input.shuffle_buffer > 1:
-            ds = ds.shuffle(cfg.input.shuffle_buffer, seed=shuffle_seed)
+        buffer = shuffle_buffer_rows(cfg.input.shuffle_buffer, my_rows)
+        if buffer > 1:
+            ds = ds.shuffle(buffer, seed=shuffle_seed)
         ds = ds.enumerate()
         # No autograph: the transform's branches are tf.cond/switch_case and Python ifs on Python values, so its
         # conversion (~0.3-0.5 s of source rewriting per worker process at launch) would change nothing.
@@ -185,8 +198,10 @@ def open_train_dataset(*, data: str, cfg: TrainConfig, ctx: WorkerContext, plan:
         close_reader(reader)
         raise
     finalizer = weakref.finalize(ds, close_reader, reader)
-    log.info("worker %d/%d trains on %s of %s: %d images, %d steps of %d per epoch; %s", ctx.rank, ctx.size,
-             shard_desc, uri, my_rows, plan.steps_per_epoch, batch, augment.describe())
+    log.info("worker %d/%d trains on %s of %s: %d images, %d steps of %d per epoch, shuffle buffer %d%s; %s",
+             ctx.rank, ctx.size, shard_desc, uri, my_rows, plan.steps_per_epoch, batch, buffer,
+             f" (input.shuffle_buffer={cfg.input.shuffle_buffer}, capped at the shard)"
+             if buffer < cfg.input.shuffle_buffer else "", augment.describe())
     return TrainInput(dataset=ds, reader=reader, plan=plan, _finalizer=finalizer)
 
 
