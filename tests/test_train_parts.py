@@ -142,3 +142,41 @@ def test_the_optimizer_has_its_slots_before_the_first_step_is_traced(tmp_path, p
     assert len(made) > len(model.trainable_variables), made  # the step count, and a momentum slot per variable
     optimizer.apply_gradients(zip([tf.zeros_like(v) for v in model.trainable_variables], model.trainable_variables))
     assert [v.name for v in optimizer.variables] == made
+
+
+_LAST_COLLECTIVE = """
+import sys, time
+from imagenet_spark.distribute.backends import make_backend
+from imagenet_spark.distribute.context import WorkerContext
+rank, chief_delay = int(sys.argv[1]), float(sys.argv[2])
+backend = make_backend("mwms", WorkerContext(rank=rank, size=2))
+time.sleep(chief_delay if rank == 0 else 0.0)  # the chief exporting
+started = time.monotonic()
+backend.end_together()
+print(f"rank {rank} waited {time.monotonic() - started:.2f}")
+"""
+
+
+@pytest.mark.slow
+def test_the_last_collective_holds_every_worker_until_the_chief_has_exported():
+    """Two real MWMS workers: the non-chief's ``end_together`` returns only once the chief, 4 s late (its
+    export), reaches it. Without it the non-chief's process ended first, and the chief's coordination service
+    reported the finished worker as crashed ("tasks are unhealthy (stopped sending heartbeats)")."""
+    import os
+    import subprocess
+    import sys
+
+    from imagenet_spark.distribute.cluster import Endpoint, tf_config
+    from imagenet_spark.distribute.ports import free_ports
+
+    ports = free_ports(2)
+    endpoints = [Endpoint(rank=r, host="127.0.0.1", port=p) for r, p in enumerate(ports)]
+    procs = [subprocess.Popen([sys.executable, "-c", _LAST_COLLECTIVE, str(rank), "4"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, TF_CONFIG=tf_config(endpoints, rank), TF_CPP_MIN_LOG_LEVEL="2"))
+             for rank in range(2)]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    waited = {int(line.split()[1]): float(line.split()[3]) for out, _ in outs for line in out.splitlines()
+              if line.startswith("rank ")}
+    assert waited[1] >= 3.0 and waited[0] < 3.0, waited

@@ -81,6 +81,19 @@ class Backend:
         """Sync-on-read metrics are already reduced across workers by the strategy."""
         return value
 
+    def end_together(self) -> None:
+        """A last collective, after the chief's export: no worker process ends while another still works.
+
+        Why: a worker process ends with ``os._exit`` (distribute/standby.py), without TensorFlow's coordination
+        shutdown. Under MWMS a worker gone while the chief still exports was reported by the chief's coordination
+        service, once its heartbeat timeout passed, as "BaseCollectiveExecutor::StartAbort UNAVAILABLE ... tasks
+        are unhealthy (stopped sending heartbeats) ... The tasks have crashed": in a run that succeeded.
+        """
+        if self.workers_in_sync > 1:
+            import tensorflow as tf
+
+            self.strategy.reduce(tf.distribute.ReduceOp.SUM, self.strategy.run(lambda: tf.constant(1.0)), axis=None)
+
     @property
     def save_on_all_ranks(self) -> bool:
         """Whether every rank must take part in writing a checkpoint: yes for MWMS (reading sync-on-read

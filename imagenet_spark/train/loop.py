@@ -220,6 +220,7 @@ def _finish(cfg: TrainConfig, ctx: WorkerContext, plan: RunPlan, backend: Any, m
             log.warning("export=best but no evaluated epoch was kept (no validation metric %s): exporting the last "
                         "weights", cfg.output.best_metric)
         _export(cfg, plan, weights, best_checkpoint=best_path)
+    backend.end_together()  # every rank waits for the export: none ends while the chief still works
     return {"exported": "best" if cfg.output.export == "best" and keeper.best() else "last", **consistency}
 
 
