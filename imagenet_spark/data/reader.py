@@ -69,7 +69,7 @@ def shuffle_buffer_rows(setting: int, shard_rows: int) -> int:
     Why the cap: the reader repeats the shard forever, so a buffer larger than the shard holds several copies of
     every image. It then shuffles no better, only blurs epochs (an image can come twice in one batch while
     another waits an epoch), and the first batch waits for the whole buffer to fill: the default 4,096 rows are
-    51 passes over an 80-image shard, ~1 s of a small run's launch (issue #13). ImageNet's shards are far
+    51 passes over an 80-image shard, 0.5-0.9 s of a small run's launch (issue #13). ImageNet's shards are far
     larger than the default, so real runs keep it.
     """
     return max(1, min(setting, shard_rows))

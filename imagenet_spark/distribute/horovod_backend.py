@@ -125,8 +125,10 @@ class HorovodBackend(Backend):
         return float(self._hvd.allreduce(tf.constant(value, dtype=tf.float64), op=self._hvd.Sum))
 
     def end_together(self) -> None:
-        """The last collective after the chief's export (see Backend.end_together): one allreduce."""
-        self.sum_across_workers(1.0)
+        """Nothing: each Horovod worker runs TensorFlow without a cluster, so there is no coordination service
+        whose heartbeats would report a finished worker as crashed (Backend.end_together says why MWMS waits); an
+        allreduce here would only earn Horovod's "stalled ranks" warning while a large model exports for over a
+        minute."""
 
     def replica_consistency(self, weights: Sequence[Any]) -> dict[str, Any]:
         """Checksum of this rank's final weights and the sum over ranks (a collective: every rank calls it).
