@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +51,63 @@ def _spark_jars() -> Path | None:
     return jars if jars.is_dir() else None
 
 
+def _archive_name(java: Path, jars: Path) -> str:
+    """``spark-<key>.jsa``, the key from the Java binary and every Spark jar (path, size, mtime)."""
+    key = hashlib.sha256()
+    for path in (java, *sorted(jars.glob("*.jar"))):
+        stat = path.stat()
+        key.update(f"{path}\0{stat.st_size}\0{int(stat.st_mtime)}\n".encode())
+    return f"spark-{key.hexdigest()[:16]}.jsa"
+
+
+def _cache_dir(cache_dir: str | None) -> Path:
+    return Path(cache_dir or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                                          "imagenet-spark", "jvm"))
+
+
 def archive_path(cache_dir: str | None = None) -> Path | None:
     """Where the archive for this Java and this Spark lives (it may not exist yet); None without java."""
     java, jars = _java(), _spark_jars()
     if java is None or jars is None:
         return None
-    key = hashlib.sha256()
-    for path in (java, *sorted(jars.glob("*.jar"))):
-        stat = path.stat()
-        key.update(f"{path}\0{stat.st_size}\0{int(stat.st_mtime)}\n".encode())
-    base = cache_dir or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                                     "imagenet-spark", "jvm")
-    return Path(base) / f"spark-{key.hexdigest()[:16]}.jsa"
+    return _cache_dir(cache_dir) / _archive_name(java, jars)
+
+
+UNKNOWN_SOURCE_DAYS = 7  # an archive older than this with no record of its Spark (written before there was one)
+
+
+def prune_archives(cache_dir: str | None = None, *, now: float | None = None) -> list[Path]:
+    """Delete the cache's archives whose Java or Spark is gone or changed; returns what was deleted.
+
+    Why: the key changes with every new virtualenv or Spark upgrade, and the JVM maps an archive only for the
+    exact jars it was written from, so each fresh ``make setup`` left 70-120 MB behind for good (1.6 GB in a day of
+    CI clones here). Each archive records its Java and jars directory beside it (``.source``); one whose recorded
+    pair no longer gives its name is stale. One without a record (from before records) goes after
+    ``UNKNOWN_SOURCE_DAYS``. Only our own files (``spark-*.jsa`` and their records) are touched.
+    """
+    removed: list[Path] = []
+    now = time.time() if now is None else now
+    for archive in sorted(_cache_dir(cache_dir).glob("spark-*.jsa")):
+        source = archive.with_suffix(".source")
+        try:
+            if source.is_file():
+                java, jars = (Path(line) for line in source.read_text().splitlines()[:2])
+                stale = not (java.is_file() and jars.is_dir() and _archive_name(java, jars) == archive.name)
+            else:
+                stale = now - archive.stat().st_mtime > UNKNOWN_SOURCE_DAYS * 86400
+            if stale:
+                archive.unlink()
+                source.unlink(missing_ok=True)
+                removed.append(archive)
+        except (OSError, ValueError):
+            continue  # another process pruning or building at the same time: leave it to the next build
+    return removed
 
 
 def driver_java_options(*, short_driver: bool, cache_dir: str | None = None) -> list[str]:
     """Options for a driver JVM this package starts: the archive when there is one, and the first JIT tier only
     for a ``short_driver`` (one that waits on workers). Empty when opted out (``IMAGENET_SPARK_JVM_ARCHIVE=off``)."""
-    if os.environ.get(OPT_OUT, "").lower() in ("off", "0", "false", "no"):
+    if _opted_out():
         return []
     options = [_C1_ONLY] if short_driver else []
     archive = archive_path(cache_dir)
@@ -77,6 +117,32 @@ def driver_java_options(*, short_driver: bool, cache_dir: str | None = None) -> 
         log.info("Spark's driver JVM starts about twice as fast with a class archive: run `imagenet-spark "
                  "jvm-archive` once (make setup does), or set %s=off to silence this", OPT_OUT)
     return options
+
+
+def _opted_out() -> bool:
+    return os.environ.get(OPT_OUT, "").lower() in ("off", "0", "false", "no")
+
+
+def hint_started_without(sc: Any) -> None:
+    """Under ``spark-submit`` (client mode), log how to start the driver JVM faster when it started without the
+    class archive: spark-submit starts the JVM before any of our code runs, so only its command line can carry the
+    options, and a user who never passed them would not know the start could take half the time."""
+    from py4j.protocol import Py4JError
+
+    if _opted_out() or sc.getConf().get("spark.submit.deployMode", "client") == "cluster":
+        return  # in cluster mode the driver JVM runs on a cluster node, where this machine's archive is not
+    try:
+        arguments = [str(a) for a in sc._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+                     .getInputArguments()]
+    except Py4JError:
+        return
+    if any(a.startswith("-XX:SharedArchiveFile=") for a in arguments):
+        return
+    archive = archive_path()
+    first = "" if archive is None or archive.is_file() else "run `imagenet-spark jvm-archive` once, then "
+    log.info("spark-submit started the driver JVM without the class archive, so its start took about twice as "
+             "long: %spass --driver-java-options \"$(imagenet-spark jvm-archive --print-options)\" (set %s=off to "
+             "silence this)", first, OPT_OUT)
 
 
 def merge_java_options(existing: str | None, extra: list[str]) -> str:
@@ -112,6 +178,7 @@ def build_archive(cache_dir: str | None = None, *, force: bool = False) -> Path:
         raise ImagenetSparkError("jvm-archive: no java (set JAVA_HOME or put java on PATH) or no Spark jars found")
     if target.is_file() and not force:
         log.info("JVM class archive already there: %s", target)
+        _record_and_prune(target, cache_dir)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
@@ -123,10 +190,18 @@ def build_archive(cache_dir: str | None = None, *, force: bool = False) -> Path:
         partial.unlink(missing_ok=True)
         raise ImagenetSparkError(f"jvm-archive: the dump run failed (exit {done.returncode}); its output ends:\n"
                                  f"{(done.stdout + done.stderr)[-2000:]}")
-    os.replace(partial, target)  # others stay: each stack's Spark has its own (make clean removes them)
+    os.replace(partial, target)  # others stay while their Spark does: each stack's has its own
     log.info("JVM class archive written: %s (%.0f MB, %.0f s)", target, target.stat().st_size / 2**20,
              time.monotonic() - started)
+    _record_and_prune(target, cache_dir)
     return target
+
+
+def _record_and_prune(target: Path, cache_dir: str | None) -> None:
+    """Record the Java and jars ``target`` was written for (its name is their key), then prune stale archives."""
+    target.with_suffix(".source").write_text(f"{_java()}\n{_spark_jars()}\n")
+    for stale in prune_archives(cache_dir):
+        log.info("removed a stale JVM class archive (its Java or Spark is gone or changed): %s", stale)
 
 
 def _dump(path: str) -> None:

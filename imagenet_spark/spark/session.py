@@ -58,7 +58,7 @@ def build_session(app_name: str, *, master: str | None = None, conf: Mapping[str
         builder = builder.config(key, value)
     _import_while_the_jvm_starts()
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(os.environ.get("IMAGENET_SPARK_SPARK_LOG_LEVEL", "WARN"))
+    _after_start(spark.sparkContext)
     return spark
 
 
@@ -88,8 +88,17 @@ def build_context_session(app_name: str, *, master: str | None = None, conf: Map
     spark_conf.setAll(list(_settings(master, conf, short_driver).items()))
     _import_while_the_jvm_starts()
     sc = SparkContext.getOrCreate(spark_conf)
-    sc.setLogLevel(os.environ.get("IMAGENET_SPARK_SPARK_LOG_LEVEL", "WARN"))
+    _after_start(sc)
     return ContextSession(sc)
+
+
+def _after_start(sc: Any) -> None:
+    """Spark's log level for our commands; under spark-submit, the hint when its JVM started the slow way."""
+    from imagenet_spark.spark.jvm import hint_started_without
+
+    sc.setLogLevel(os.environ.get("IMAGENET_SPARK_SPARK_LOG_LEVEL", "WARN"))
+    if under_spark_submit():
+        hint_started_without(sc)
 
 
 def _import_while_the_jvm_starts() -> None:
