@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -138,6 +139,7 @@ def _run_barrier_job(app_name: str, master: str, work: Callable[[Any], str]) -> 
     check_submitted_conf(barrier=True)
     # The driver waits on its workers; its jobs are RDD and barrier stages only (no SparkSession: ContextSession)
     spark = build_context_session(app_name, master=master, short_driver=True)
+    log.info("launch timing: session ready at %.3f", time.time())  # bench/launch.py and the tests read these lines
     rc = 1
     try:
         ship_package(spark)
@@ -154,16 +156,21 @@ def _run_barrier_job(app_name: str, master: str, work: Callable[[Any], str]) -> 
 
 def run_train_cli(args: argparse.Namespace) -> int:
     from imagenet_spark.jobs.train import run_training, standby_workers
-    from imagenet_spark.spark.session import under_spark_submit
+    from imagenet_spark.spark.session import executors_in_driver_jvm, submitted_master, under_spark_submit
     from imagenet_spark.train_config import TrainConfig
 
     cfg = resolve(TrainConfig, preset=args.config, overrides=args.overrides, explicit=_explicit(args, _TRAIN_FLAGS))
-    # Before the session where we start the JVM (so TensorFlow imports while it starts); under spark-submit the
-    # master is known only once the session is up.
-    early = None if under_spark_submit() else standby_workers(cfg, args.master)
+    # Before the session, so TensorFlow imports while the JVM (or, under spark-submit, the SparkContext) starts.
+    # Under spark-submit the master comes from its command line; where that cannot be told, after the session.
+    master = submitted_master() if under_spark_submit() else args.master
+    early = standby_workers(cfg, master) if master else None
 
     def work(spark: Any) -> str:
-        pool = early or standby_workers(cfg, spark.sparkContext.master)
+        pool = early
+        if pool is not None and not executors_in_driver_jvm(spark.sparkContext.master):
+            pool.close()  # the session's master is not the one read before it: no task here could adopt them
+            pool = None
+        pool = pool or standby_workers(cfg, spark.sparkContext.master)
         with pool or contextlib.nullcontext():
             result = run_training(spark, cfg, standby=pool.addresses if pool else ())
         return f"final: {json.dumps(result.get('metrics', {}))}"

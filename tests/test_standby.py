@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes.util
 import logging
 import os
+import random
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from imagenet_spark.distribute.launch import WorkerFailedError, run_worker_process
 from imagenet_spark.distribute.standby import Adoption, Declined, StandbyPool, adopt, exit_line, release
+from imagenet_spark.spark.session import master_from_submit_args
 
 
 @pytest.fixture
@@ -135,3 +137,60 @@ def test_a_standby_whose_task_goes_away_ends(tmp_path: Path, task_env: None) -> 
 def test_an_absent_standby_is_declined(tmp_path: Path) -> None:
     with pytest.raises(Declined):
         adopt(str(tmp_path / "nobody.sock"), Adoption("spec", "result"))
+
+
+# What spark-submit's launcher put on a driver JVM's command line here (Spark 4.3, `spark-submit --master local[2]
+# --conf spark.ui.enabled=false --driver-java-options -Dx=1 app.py --master foo`), JVM options shortened.
+_REAL_SUBMIT_JVM = ["/usr/lib/jvm/java-17/bin/java", "-cp", "/venv/pyspark/conf/:/venv/pyspark/jars/*", "-Xmx1g",
+                    "-Dx=1", "--enable-native-access=ALL-UNNAMED", "org.apache.spark.deploy.SparkSubmit", "--master",
+                    "local[2]", "--conf", "spark.ui.enabled=false", "--conf", "spark.driver.extraJavaOptions=-Dx=1",
+                    "app.py", "--master", "foo"]
+
+
+def test_the_master_is_read_from_spark_submits_options_never_the_applications() -> None:
+    assert master_from_submit_args(_REAL_SUBMIT_JVM) == "local[2]"
+    jvm, app = _REAL_SUBMIT_JVM[:7], ["app.py", "--master", "yarn"]
+    assert master_from_submit_args([*jvm, "--verbose", "--conf", "spark.master=local[3]", *app]) == "local[3]"
+    assert master_from_submit_args([*jvm, "--master=local", "--conf=spark.master=yarn", *app]) == "local"
+    assert master_from_submit_args([*jvm, "--name", "--master", *app]) is None, "a value, not an option"
+    assert master_from_submit_args([*jvm, "--conf", "spark.ui.enabled=false", *app]) is None, "spark-defaults decides"
+    assert master_from_submit_args([*jvm, "--master"]) is None
+    assert master_from_submit_args([*jvm, "app.py", "x", "--master", "yarn"]) is None
+    assert master_from_submit_args(["python3", "app.py", "--master", "local[2]"]) is None, "not spark-submit's JVM"
+
+
+def _generated_submit(rng: random.Random) -> tuple[list[str], str | None]:
+    """A SparkSubmit command line of random options (values that look like options or masters included), a master
+    given zero or more times in any of its four spellings, and application arguments with decoys of their own."""
+    tokens = ["java", "-cp", "/jars/*", "-Dspark.master=yarn", "org.apache.spark.deploy.SparkSubmit"]
+    master = conf_master = None
+    for _ in range(rng.randint(0, 8)):
+        kind = rng.choice(["flag", "flag=", "conf", "conf=", "switch", "other", "other"])
+        value = rng.choice(["local", "local[2]", "local[*]", "yarn", "spark://h:7077", "k8s://https://h"])
+        if kind == "flag":
+            tokens += ["--master", value]
+            master = value
+        elif kind == "flag=":
+            tokens.append(f"--master={value}")
+            master = value
+        elif kind in ("conf", "conf="):
+            setting = f"spark.master={value}" if rng.random() < 0.6 else f"spark.app.name=--master {value}"
+            tokens += ["--conf", setting] if kind == "conf" else [f"--conf={setting}"]
+            conf_master = value if setting.startswith("spark.master=") else conf_master
+        elif kind == "switch":
+            tokens.append(rng.choice(["--verbose", "-v", "--supervise"]))
+        else:
+            tokens += [rng.choice(["--name", "--py-files", "--driver-memory", "--files"]),
+                       rng.choice(["--master", "a.py,b.py", "2g", "-v", "--conf"])]
+    tokens += ["jobs/train_barrier.py", *rng.choice([[], ["--master", "yarn"], ["--conf", "spark.master=local"],
+                                                     ["--data", "--master", "yarn"], ["x", "--master=yarn"]])]
+    return tokens, master or conf_master
+
+
+def test_generated_spark_submit_command_lines() -> None:
+    """500 seeded command lines: the last --master before the application wins, else the last --conf spark.master;
+    nothing after the application's path counts."""
+    rng = random.Random(20261130)
+    for _ in range(500):
+        tokens, expected = _generated_submit(rng)
+        assert master_from_submit_args(tokens) == expected, tokens

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -273,6 +274,9 @@ def test_spark_submit_local_mode_exits_after_barrier_training(dataset, tmp_path)
     assert proc.returncode == 0, out[-4000:]
     assert "training finished in 1 attempt(s)" in out
     assert out.count("adopted standby worker pid") == 2, "both ranks adopted a worker started before the barrier"
+    stamps = dict(re.findall(r"launch timing: (standby started|session ready) at (\d+\.\d+)", out))
+    assert float(stamps["standby started"]) < float(stamps["session ready"]), \
+        "the master read from spark-submit's command line: TensorFlow imports while the SparkContext starts"
     assert "augment=light: random-resized crop area 0.64-1, aspect 0.875-1.14, flip 0.5, RandAugment N=2 M=9" in out
     assert out.count("warmup: 5 epoch(s) asked, 0.333333 used") == 1, "said once, by the plan"
 

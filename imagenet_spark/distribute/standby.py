@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -131,6 +132,7 @@ class StandbyPool:
             for listener in listeners:
                 listener.close()
         log.info("started %d standby worker process(es): TensorFlow imports while Spark starts", count)
+        log.info("launch timing: standby started at %.3f", time.time())
 
     def __enter__(self) -> StandbyPool:
         return self

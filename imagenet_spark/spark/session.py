@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +38,52 @@ RECOMMENDED_CONF = {
 def under_spark_submit() -> bool:
     """True when spark-submit (or pyspark's shell) launched us: the JVM is up and the master is its choice."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+# spark-submit's options that take no value (the launcher's switches); every other option takes one.
+_SUBMIT_SWITCHES = frozenset({"--help", "-h", "--supervise", "--usage-error", "--verbose", "-v", "--version"})
+_SUBMIT_CLASS = "org.apache.spark.deploy.SparkSubmit"
+
+
+def master_from_submit_args(args: Sequence[str]) -> str | None:
+    """The master in a SparkSubmit JVM's command line: the last ``--master``, else the last ``--conf
+    spark.master=...``, both before the application (what follows it is the application's own arguments, which
+    may have a ``--master`` of their own); None when neither is there (spark-defaults.conf or Spark's default
+    decides) or the command is not SparkSubmit's."""
+    try:
+        i = list(args).index(_SUBMIT_CLASS) + 1
+    except ValueError:
+        return None
+    master = conf_master = None
+    while i < len(args) and args[i].startswith("-"):
+        name, eq, value = args[i].partition("=")
+        if name in _SUBMIT_SWITCHES or (not eq and i + 1 >= len(args)):
+            i += 1
+            continue
+        if not eq:
+            value, i = args[i + 1], i + 1
+        i += 1
+        if name == "--master":
+            master = value
+        elif name == "--conf" and value.startswith("spark.master="):
+            conf_master = value.partition("=")[2]
+    return master or conf_master
+
+
+def submitted_master() -> str | None:
+    """Under spark-submit (client mode), the master its command line gave, read from the driver JVM that started
+    this process (Linux /proc); None anywhere else or when it cannot be told.
+
+    Why: there the session says its master only once it is up (~1 s of SparkContext start), and the training
+    driver wants it before, to start worker processes that import TensorFlow meanwhile. A None only keeps the
+    later start; the session's own master is checked again once it is up."""
+    if not under_spark_submit():
+        return None
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return master_from_submit_args([a.decode(errors="replace") for a in raw.split(b"\0") if a])
 
 
 def build_session(app_name: str, *, master: str | None = None, conf: Mapping[str, str] | None = None,
