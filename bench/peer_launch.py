@@ -1,7 +1,7 @@
 """The peer's launch, for ``bench/launch.py --peer``: spark-tensorflow-distributor's ``MirroredStrategyRunner``.
 
 Issue #13 goal 3 asks for a launch "ahead of the peer": this is the peer as its users run it, unmodified (the
-wheel is pinned in requirements/current.in, bench only): a plain ``SparkSession`` on ``local[2]``, the runner
+wheel is pinned in both stacks' requirements, bench only): a plain ``SparkSession`` on ``local[2]``, the runner
 with 2 CPU slots (one barrier task each, MultiWorkerMirroredStrategy made by the runner), and a training function
 in the style of its README: a small CNN (one convolution, two dense layers) compiled and fitted on in-memory
 data, here 28x28 random images (nothing downloads). A callback writes ``launch timing: rank R first step done at
@@ -18,8 +18,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-
-log = logging.getLogger("bench.peer_launch")
 
 
 def train() -> None:

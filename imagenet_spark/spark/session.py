@@ -60,8 +60,9 @@ def master_from_submit_args(args: Sequence[str]) -> str | None:
         if name in _SUBMIT_SWITCHES or (not eq and i + 1 >= len(args)):
             i += 1
             continue
-        if not eq:
-            value, i = args[i + 1], i + 1
+        if not eq:  # "--name value": the value is the next token
+            i += 1
+            value = args[i]
         i += 1
         if name == "--master":
             master = value
@@ -75,8 +76,10 @@ def submitted_master() -> str | None:
     this process (Linux /proc); None anywhere else or when it cannot be told.
 
     Why: there the session says its master only once it is up (~1 s of SparkContext start), and the training
-    driver wants it before, to start worker processes that import TensorFlow meanwhile. A None only keeps the
-    later start; the session's own master is checked again once it is up."""
+    driver wants it before, to start worker processes that import TensorFlow meanwhile. Why not
+    ``preflight.submitted_conf()``, which also sees spark-defaults.conf: it first connects to the JVM, 0.8 s
+    here, the very time the import should overlap. A None only keeps the later start; the session's own master
+    is checked again once it is up."""
     if not under_spark_submit():
         return None
     try:
